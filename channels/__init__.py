@@ -1,0 +1,1 @@
+"""Channel adapters: one per channel kind, each behind the small protocol of ``channels.base``."""

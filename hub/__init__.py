@@ -1,0 +1,1 @@
+"""The hub: normalised message model, ingest, timeline, outbox, events, web app and CLI."""

@@ -1,0 +1,254 @@
+"""Writes an agent makes on a conversation: reply, private note, status, assignee, priority.
+
+A reply and its outbox row are committed in one transaction (the durable-outbox invariant); the
+dispatcher is only woken afterwards, so a crash at any point leaves either nothing or a row that
+will be sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select, update
+
+from hub.access import Principal, may_see_conversation
+from hub.errors import UserError
+from hub.events import EventBus, EventRecord, EventType, append_events, new_event
+from hub.model import ConversationStatus, Direction, MessageStatus, Role, utcnow
+from hub.outbox import enqueue
+from hub.timeline import message_json, not_found
+from storage.engine import Database
+from storage.models import Agent, Conversation, Message
+
+PRIORITIES = {0: "none", 1: "low", 2: "medium", 3: "high", 4: "urgent"}
+
+
+def clean_text(text: Any, max_chars: int) -> str:
+    if not isinstance(text, str):
+        raise UserError("invalid_text", "text must be a string")
+    if not text.strip():
+        raise UserError("empty_text", "text must not be empty")
+    if len(text) > max_chars:
+        raise UserError(
+            "text_too_long", f"text is {len(text)} characters; the limit is {max_chars}", status=413
+        )
+    return text
+
+
+class Conversations:
+    def __init__(self, db: Database, bus: EventBus, wake_outbox: Callable[[], None], max_chars: int) -> None:
+        self.db = db
+        self.bus = bus
+        self.wake_outbox = wake_outbox
+        self.max_chars = max_chars
+
+    async def _load(
+        self, s: Any, who: Principal, conversation_id: int, *, lock: bool = False
+    ) -> Conversation:
+        q = select(Conversation).where(Conversation.id == conversation_id)
+        if lock and not self.db.is_sqlite:
+            q = q.with_for_update()
+        conv = (await s.execute(q)).scalar_one_or_none()
+        if conv is None or not may_see_conversation(who, conv.assignee_id):
+            raise not_found("conversation", conversation_id)
+        return conv
+
+    async def reply(self, who: Principal, conversation_id: int, text: Any) -> dict[str, Any]:
+        text = clean_text(text, self.max_chars)
+        now = utcnow()
+        async with self.db.write() as s:
+            conv = await self._load(s, who, conversation_id, lock=True)
+            pending: list[EventRecord] = []
+            if conv.assignee_id is None:
+                # Answering an unassigned conversation takes it, as in every shared inbox.
+                conv.assignee_id = who.id
+                pending.append(self._assigned_event(conv, None, who, now, reason="replied"))
+            message = Message(
+                conversation_id=conv.id,
+                contact_id=conv.contact_id,
+                channel=conv.channel,
+                external_id=None,
+                direction=Direction.OUT.value,
+                status=MessageStatus.QUEUED.value,
+                agent_id=who.id,
+                sender=None,
+                author_name=who.name,
+                text=text,
+                html=None,
+                error=None,
+                meta={},
+                created_at=now,
+            )
+            s.add(message)
+            conv.updated_at = now
+            conv.last_message_at = now
+            await s.flush()
+            await enqueue(s, message.id, conv.channel, now)
+            pending.append(
+                new_event(
+                    EventType.MESSAGE_QUEUED,
+                    at=now,
+                    conversation_id=conv.id,
+                    contact_id=conv.contact_id,
+                    message_id=message.id,
+                    agent_id=who.id,
+                    channel=conv.channel,
+                    assignee_id=conv.assignee_id,
+                    text=text[:500],
+                )
+            )
+            events = await append_events(s, pending)
+        self.bus.publish(events)
+        self.wake_outbox()
+        return {"message": message_json(message)}
+
+    async def note(self, who: Principal, conversation_id: int, text: Any) -> dict[str, Any]:
+        text = clean_text(text, self.max_chars)
+        now = utcnow()
+        async with self.db.write() as s:
+            conv = await self._load(s, who, conversation_id)
+            message = Message(
+                conversation_id=conv.id,
+                contact_id=conv.contact_id,
+                channel=conv.channel,
+                external_id=None,
+                direction=Direction.NOTE.value,
+                status=MessageStatus.NOTE.value,
+                agent_id=who.id,
+                sender=None,
+                author_name=who.name,
+                text=text,
+                html=None,
+                error=None,
+                meta={},
+                created_at=now,
+            )
+            s.add(message)
+            conv.updated_at = now
+            await s.flush()
+            events = await append_events(
+                s,
+                [
+                    new_event(
+                        EventType.NOTE_ADDED,
+                        at=now,
+                        conversation_id=conv.id,
+                        contact_id=conv.contact_id,
+                        message_id=message.id,
+                        agent_id=who.id,
+                        assignee_id=conv.assignee_id,
+                    )
+                ],
+            )
+        self.bus.publish(events)
+        return {"message": message_json(message)}
+
+    async def update(self, who: Principal, conversation_id: int, changes: dict[str, Any]) -> None:
+        unknown = set(changes) - {"status", "assignee_id", "priority"}
+        if unknown:
+            raise UserError("unknown_field", f"cannot change {', '.join(sorted(unknown))}")
+        if not changes:
+            raise UserError("empty_patch", "give at least one of status, assignee_id, priority")
+        status = changes.get("status")
+        if "status" in changes and status not in {s.value for s in ConversationStatus}:
+            raise UserError("invalid_status", "status must be one of open, pending, snoozed, resolved")
+        priority = changes.get("priority")
+        if "priority" in changes and (type(priority) is not int or priority not in PRIORITIES):
+            raise UserError("invalid_priority", "priority must be an integer from 0 (none) to 4 (urgent)")
+        assignee = changes.get("assignee_id")
+        if "assignee_id" in changes and assignee is not None and type(assignee) is not int:
+            raise UserError("invalid_assignee", "assignee_id must be an agent id or null")
+        now = utcnow()
+        async with self.db.write() as s:
+            conv = await self._load(s, who, conversation_id, lock=True)
+            pending: list[EventRecord] = []
+            if "assignee_id" in changes and assignee != conv.assignee_id:
+                if not who.is_supervisor and assignee not in (None, who.id):
+                    raise UserError(
+                        "forbidden", "agents can assign conversations only to themselves", status=403
+                    )
+                if not who.is_supervisor and assignee is None and conv.assignee_id != who.id:
+                    raise UserError("forbidden", "only the assignee or a supervisor can unassign", status=403)
+                target = None
+                if assignee is not None:
+                    target = (
+                        await s.execute(select(Agent).where(Agent.id == assignee, Agent.active))
+                    ).scalar_one_or_none()
+                    if target is None:
+                        raise UserError("unknown_agent", f"no active agent {assignee}", status=422)
+                previous = conv.assignee_id
+                # Conditional update: if someone else changed the owner since we read it, we lose cleanly.
+                done = await s.execute(
+                    update(Conversation)
+                    .where(Conversation.id == conv.id, _same_owner(previous))
+                    .values(assignee_id=assignee, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+                if done.rowcount != 1:
+                    raise UserError(
+                        "conflict", "the conversation was reassigned meanwhile; reload", status=409
+                    )
+                conv.assignee_id = assignee
+                who_to = (
+                    Principal(target.id, target.email, target.name, Role(target.role)) if target else None
+                )
+                pending.append(self._assigned_event(conv, previous, who_to, now, reason="manual", by=who.id))
+            if "status" in changes and status != conv.status:
+                previous_status = conv.status
+                conv.status = status
+                conv.resolved_at = now if status == ConversationStatus.RESOLVED.value else None
+                pending.append(
+                    new_event(
+                        EventType.CONVERSATION_STATUS_CHANGED,
+                        at=now,
+                        conversation_id=conv.id,
+                        contact_id=conv.contact_id,
+                        agent_id=who.id,
+                        previous=previous_status,
+                        status=status,
+                        assignee_id=conv.assignee_id,
+                    )
+                )
+            if "priority" in changes and priority != conv.priority:
+                pending.append(
+                    new_event(
+                        EventType.CONVERSATION_PRIORITY_CHANGED,
+                        at=now,
+                        conversation_id=conv.id,
+                        contact_id=conv.contact_id,
+                        agent_id=who.id,
+                        previous=conv.priority,
+                        priority=priority,
+                        assignee_id=conv.assignee_id,
+                    )
+                )
+                conv.priority = priority
+            conv.updated_at = now
+            events = await append_events(s, pending)
+        self.bus.publish(events)
+
+    @staticmethod
+    def _assigned_event(
+        conv: Conversation,
+        previous: int | None,
+        to: Principal | None,
+        now: Any,
+        *,
+        reason: str,
+        by: int | None = None,
+    ) -> EventRecord:
+        return new_event(
+            EventType.CONVERSATION_ASSIGNED,
+            at=now,
+            conversation_id=conv.id,
+            contact_id=conv.contact_id,
+            agent_id=by if by is not None else (to.id if to else None),
+            assignee_id=to.id if to else None,
+            previous_assignee_id=previous,
+            reason=reason,
+        )
+
+
+def _same_owner(previous: int | None) -> Any:
+    return Conversation.assignee_id.is_(None) if previous is None else Conversation.assignee_id == previous

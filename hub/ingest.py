@@ -1,0 +1,466 @@
+"""Idempotent ingest with group commit.
+
+A channel hands each ``InboundMessage`` to :meth:`Ingest.submit` and acknowledges its sender only
+when that returns: by then the message, its contact, conversation and events are committed.
+
+Concurrent submissions are batched: while one transaction commits, the next messages queue up and
+go together in the next one. There is no timer: a lone message is committed at once, and under load
+batches grow by themselves, so throughput approaches the database's batched insert rate.
+
+Idempotency rests on the unique key ``messages (channel, external_id)``. A replay finds the stored
+row and gets the same answer; duplicates inside one batch collapse to one row; a duplicate
+committed meanwhile by another process makes the batch fail on the unique key, after which each
+message is retried in its own transaction and finds the other's row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import bindparam, insert, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.attachments import AttachmentStore
+from hub.events import EventBus, EventRecord, EventType, append_events, new_event
+from hub.identity import InvalidAddress, normalise
+from hub.model import (
+    ConversationStatus,
+    Direction,
+    InboundMessage,
+    IngestResult,
+    MessageStatus,
+    utcnow,
+)
+from storage.engine import Database
+from storage.models import AttachmentRow, Contact, ContactIdentity, Conversation, Message
+
+log = logging.getLogger(__name__)
+
+IngestListener = Callable[[Sequence[IngestResult]], Awaitable[None]]
+
+
+class IngestRefused(ValueError):
+    """The message can never be stored (bad address, oversized attachment); tell the sender why."""
+
+
+@dataclass(slots=True)
+class IngestSettings:
+    reopen_within: timedelta = timedelta(hours=24)
+    max_batch: int = 500
+    max_text_chars: int = 100_000
+    default_region: str | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    msg: InboundMessage
+    address: str
+    future: asyncio.Future[IngestResult]
+    shas: list[str] = field(default_factory=list)
+
+
+class Ingest:
+    def __init__(
+        self,
+        db: Database,
+        bus: EventBus,
+        attachments: AttachmentStore,
+        settings: IngestSettings | None = None,
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.attachments = attachments
+        self.settings = settings or IngestSettings()
+        self.listeners: list[IngestListener] = []
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    # -- the edge ---------------------------------------------------------------------------
+
+    async def submit(self, msg: InboundMessage) -> IngestResult:
+        """Store ``msg`` (or find it stored) and return once it is committed."""
+        pending = self._prepare(msg)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._run(), name="ingest")
+        self._queue.put_nowait(pending)
+        return await asyncio.shield(pending.future)
+
+    def _prepare(self, msg: InboundMessage) -> _Pending:
+        if not msg.external_id:
+            raise IngestRefused("the channel gave no external id; ingest cannot be idempotent without one")
+        if len(msg.text) > self.settings.max_text_chars:
+            raise IngestRefused(
+                f"message is {len(msg.text)} characters; the limit is {self.settings.max_text_chars}"
+            )
+        try:
+            address = normalise(msg.identity_kind, msg.sender, default_region=self.settings.default_region)
+        except InvalidAddress as exc:
+            raise IngestRefused(str(exc)) from None
+        for attachment in msg.attachments:
+            try:
+                self.attachments.check(attachment)
+            except ValueError as exc:
+                raise IngestRefused(str(exc)) from None
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        shas = [self.attachments.put(a.data) for a in msg.attachments]
+        return _Pending(msg, address, future, shas)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    # -- the batcher ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.settings.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        try:
+            results, events = await self._store(batch)
+        except IntegrityError:
+            # Another process committed one of these keys (or an identity) meanwhile: go one by one.
+            results, events = [], []
+            for item in batch:
+                try:
+                    r, e = await self._store_with_retry([item])
+                except Exception as exc:
+                    r, e = [exc], []
+                results.extend(r)
+                events.extend(e)
+        except Exception as exc:
+            log.exception("ingest batch of %d failed", len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        self.batches += 1
+        self.bus.publish(events)
+        stored: list[IngestResult] = []
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+                if not result.duplicate:
+                    stored.append(result)
+        for listener in self.listeners:
+            try:
+                await listener(stored)
+            except Exception:
+                log.exception("ingest listener failed")
+
+    async def _store_with_retry(
+        self, batch: list[_Pending]
+    ) -> tuple[list[IngestResult | BaseException], list[EventRecord]]:
+        for attempt in range(3):
+            try:
+                return await self._store(batch)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _store(
+        self, batch: list[_Pending]
+    ) -> tuple[list[IngestResult | BaseException], list[EventRecord]]:
+        async with self.db.write() as session:
+            return await _store_batch(session, batch, self.settings.reopen_within)
+
+
+async def _store_batch(
+    session: AsyncSession, batch: list[_Pending], reopen_within: timedelta
+) -> tuple[list[IngestResult | BaseException], list[EventRecord]]:
+    now = utcnow()
+    results: list[IngestResult | BaseException | None] = [None] * len(batch)
+    events: list[EventRecord] = []
+
+    # 1. Replays: keys already stored, and keys repeated inside this batch.
+    keys = {(p.msg.channel, p.msg.external_id) for p in batch}
+    stored = {
+        (row.channel, row.external_id): IngestResult(row.id, row.conversation_id, row.contact_id, True)
+        for row in await session.execute(
+            select(
+                Message.id, Message.conversation_id, Message.contact_id, Message.channel, Message.external_id
+            ).where(tuple_(Message.channel, Message.external_id).in_(list(keys)))
+        )
+    }
+    fresh: list[int] = []
+    first_of_key: dict[tuple[str, str], int] = {}
+    for i, p in enumerate(batch):
+        key = (p.msg.channel, p.msg.external_id)
+        if key in stored:
+            results[i] = stored[key]
+        elif key in first_of_key:
+            continue  # filled in from the first occurrence below
+        else:
+            first_of_key[key] = i
+            fresh.append(i)
+
+    if fresh:
+        contacts = await _resolve_contacts(session, [batch[i] for i in fresh], now, events)
+        conversations = await _resolve_conversations(
+            session, [batch[i] for i in fresh], contacts, now, reopen_within, events
+        )
+        message_rows = []
+        for i in fresh:
+            p = batch[i]
+            contact_id = contacts[(p.msg.identity_kind.value, p.address)]
+            conv = conversations[(contact_id, p.msg.channel)]
+            message_rows.append(
+                {
+                    "conversation_id": conv.id,
+                    "contact_id": contact_id,
+                    "channel": p.msg.channel,
+                    "external_id": p.msg.external_id,
+                    "direction": Direction.IN.value,
+                    "status": MessageStatus.RECEIVED.value,
+                    "agent_id": None,
+                    "sender": p.address,
+                    "author_name": p.msg.sender_name,
+                    "text": p.msg.text,
+                    "html": p.msg.html,
+                    "error": None,
+                    "meta": _thread_meta(p.msg),
+                    "created_at": p.msg.received_at,
+                }
+            )
+        inserted = await session.execute(
+            insert(Message).returning(Message.id, sort_by_parameter_order=True), message_rows
+        )
+        attachment_rows = []
+        for i, (message_id,) in zip(fresh, inserted, strict=True):
+            p = batch[i]
+            contact_id = contacts[(p.msg.identity_kind.value, p.address)]
+            conv = conversations[(contact_id, p.msg.channel)]
+            results[i] = IngestResult(message_id, conv.id, contact_id, False)
+            conv.last_message_at = max(conv.last_message_at, p.msg.received_at)
+            events.append(
+                new_event(
+                    EventType.MESSAGE_RECEIVED,
+                    at=now,
+                    conversation_id=conv.id,
+                    contact_id=contact_id,
+                    message_id=message_id,
+                    channel=p.msg.channel,
+                    channel_kind=p.msg.channel_kind,
+                    assignee_id=conv.assignee_id,
+                    text=p.msg.text[:500],
+                    author=p.msg.sender_name or p.address,
+                )
+            )
+            for attachment, sha in zip(p.msg.attachments, p.shas, strict=True):
+                attachment_rows.append(
+                    {
+                        "message_id": message_id,
+                        "filename": attachment.filename,
+                        "content_type": attachment.content_type,
+                        "size": len(attachment.data),
+                        "sha256": sha,
+                    }
+                )
+        if attachment_rows:
+            await session.execute(insert(AttachmentRow), attachment_rows)
+        touched = {id(c): c for c in conversations.values()}.values()
+        await session.execute(
+            update(Conversation)
+            .where(Conversation.id == bindparam("conv_id"))
+            .values(
+                status=bindparam("new_status"),
+                last_message_at=bindparam("new_last"),
+                updated_at=bindparam("new_updated"),
+                resolved_at=bindparam("new_resolved"),
+            )
+            .execution_options(synchronize_session=False),
+            [
+                {
+                    "conv_id": c.id,
+                    "new_status": c.status,
+                    "new_last": c.last_message_at,
+                    "new_updated": now,
+                    "new_resolved": c.resolved_at,
+                }
+                for c in touched
+            ],
+        )
+
+    for i, p in enumerate(batch):
+        if results[i] is None:
+            first = results[first_of_key[(p.msg.channel, p.msg.external_id)]]
+            assert isinstance(first, IngestResult)
+            results[i] = IngestResult(first.message_id, first.conversation_id, first.contact_id, True)
+
+    recorded = await append_events(session, events)
+    return [r for r in results if r is not None], recorded
+
+
+def _thread_meta(msg: InboundMessage) -> dict[str, object]:
+    meta: dict[str, object] = {}
+    if msg.recipient:
+        meta["recipient"] = msg.recipient
+    t = msg.thread
+    if t.subject:
+        meta["subject"] = t.subject
+    if t.in_reply_to:
+        meta["in_reply_to"] = t.in_reply_to
+    if t.references:
+        meta["references"] = list(t.references)
+    if t.reply_tag:
+        meta["reply_tag"] = t.reply_tag
+    return meta
+
+
+async def _resolve_contacts(
+    session: AsyncSession, items: list[_Pending], now: datetime, events: list[EventRecord]
+) -> dict[tuple[str, str], int]:
+    """Map each (identity kind, normalised address) to a contact, creating contacts as needed."""
+    wanted: dict[tuple[str, str], _Pending] = {}
+    for p in items:
+        wanted.setdefault((p.msg.identity_kind.value, p.address), p)
+    found: dict[tuple[str, str], int] = {
+        (row.kind, row.value): row.contact_id
+        for row in await session.execute(
+            select(ContactIdentity.kind, ContactIdentity.value, ContactIdentity.contact_id).where(
+                tuple_(ContactIdentity.kind, ContactIdentity.value).in_(list(wanted))
+            )
+        )
+    }
+    missing = [key for key in wanted if key not in found]
+    if missing:
+        created = await session.execute(
+            insert(Contact).returning(Contact.id, sort_by_parameter_order=True),
+            [
+                {
+                    "name": wanted[key].msg.sender_name,
+                    "attributes": dict(wanted[key].msg.contact_attributes),
+                    "merged_into_id": None,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for key in missing
+            ],
+        )
+        for key, (contact_id,) in zip(missing, created, strict=True):
+            found[key] = contact_id
+            events.append(
+                new_event(EventType.CONTACT_CREATED, at=now, contact_id=contact_id, identity=list(key))
+            )
+        await session.execute(
+            insert(ContactIdentity),
+            [{"contact_id": found[k], "kind": k[0], "value": k[1], "created_at": now} for k in missing],
+        )
+    return found
+
+
+@dataclass(slots=True)
+class _Conv:
+    id: int
+    status: str
+    assignee_id: int | None
+    last_message_at: datetime
+    resolved_at: datetime | None
+
+
+async def _resolve_conversations(
+    session: AsyncSession,
+    items: list[_Pending],
+    contacts: dict[tuple[str, str], int],
+    now: datetime,
+    reopen_within: timedelta,
+    events: list[EventRecord],
+) -> dict[tuple[int, str], _Conv]:
+    """Threading: join the contact's open conversation on this channel, reopen a recently
+    resolved one, or start a new one."""
+    pairs: dict[tuple[int, str], _Pending] = {}
+    for p in items:
+        pairs.setdefault((contacts[(p.msg.identity_kind.value, p.address)], p.msg.channel), p)
+    latest: dict[tuple[int, str], _Conv] = {}
+    rows = await session.execute(
+        select(
+            Conversation.id,
+            Conversation.contact_id,
+            Conversation.channel,
+            Conversation.status,
+            Conversation.assignee_id,
+            Conversation.last_message_at,
+            Conversation.resolved_at,
+        )
+        .where(tuple_(Conversation.contact_id, Conversation.channel).in_(list(pairs)))
+        .where(
+            (Conversation.status != ConversationStatus.RESOLVED.value)
+            | (Conversation.resolved_at >= now - reopen_within)
+        )
+        .order_by(Conversation.id)
+    )
+    for row in rows:
+        latest[(row.contact_id, row.channel)] = _Conv(
+            row.id, row.status, row.assignee_id, row.last_message_at, row.resolved_at
+        )
+    for conv_key, conv in latest.items():
+        if conv.status != ConversationStatus.OPEN.value:
+            events.append(
+                new_event(
+                    EventType.CONVERSATION_STATUS_CHANGED,
+                    at=now,
+                    conversation_id=conv.id,
+                    contact_id=conv_key[0],
+                    previous=conv.status,
+                    status=ConversationStatus.OPEN.value,
+                    reason="customer replied",
+                    assignee_id=conv.assignee_id,
+                )
+            )
+            conv.status = ConversationStatus.OPEN.value
+            conv.resolved_at = None
+    missing = [key for key in pairs if key not in latest]
+    if missing:
+        created = await session.execute(
+            insert(Conversation).returning(Conversation.id, sort_by_parameter_order=True),
+            [
+                {
+                    "contact_id": key[0],
+                    "channel": key[1],
+                    "channel_kind": pairs[key].msg.channel_kind,
+                    "address": pairs[key].address,
+                    "status": ConversationStatus.OPEN.value,
+                    "assignee_id": None,
+                    "priority": 0,
+                    "subject": pairs[key].msg.thread.subject,
+                    "created_at": now,
+                    "updated_at": now,
+                    "last_message_at": pairs[key].msg.received_at,
+                    "resolved_at": None,
+                }
+                for key in missing
+            ],
+        )
+        for key, (conv_id,) in zip(missing, created, strict=True):
+            latest[key] = _Conv(
+                conv_id, ConversationStatus.OPEN.value, None, pairs[key].msg.received_at, None
+            )
+            events.append(
+                new_event(
+                    EventType.CONVERSATION_CREATED,
+                    at=now,
+                    conversation_id=conv_id,
+                    contact_id=key[0],
+                    channel=key[1],
+                    channel_kind=pairs[key].msg.channel_kind,
+                    assignee_id=None,
+                )
+            )
+    return latest

@@ -1,0 +1,339 @@
+"""The durable outbox: a reply is a row; a dispatcher leases due rows and hands them to channels.
+
+Row life: ``pending`` -> (claimed: ``sending`` with ``claimed_by``/``claimed_until``) -> ``sent`` |
+``pending`` again with ``next_attempt_at`` pushed back (transient error) | ``failed`` (permanent
+error, or attempts exhausted). A dispatcher that dies mid-send leaves a ``sending`` row whose lease
+runs out; any dispatcher then claims it again. Finishing a row is fenced by ``claimed_by``, so a
+dispatcher whose lease was taken over cannot overwrite the new owner's outcome.
+
+The one duplicate this cannot prevent is a crash after the channel accepted a message and before the
+row was marked sent; channels receive ``message_id`` to make such a redelivery idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.errors import PermanentError, TransientError
+from hub.events import EventBus, EventRecord, EventType, append_events, new_event
+from hub.model import MessageStatus, OutboundMessage, SendResult, ThreadHints, utcnow
+from storage.engine import Database
+from storage.models import Conversation, Message, OutboxRow
+
+log = logging.getLogger(__name__)
+
+
+class OutboxStatus:
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Sender(Protocol):
+    async def send(self, msg: OutboundMessage) -> SendResult: ...
+
+
+async def enqueue(session: AsyncSession, message_id: int, channel: str, now: datetime) -> None:
+    """Add the outbox row for a reply, in the caller's transaction."""
+    await session.execute(
+        insert(OutboxRow).values(
+            message_id=message_id,
+            channel=channel,
+            status=OutboxStatus.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            claimed_by=None,
+            claimed_until=None,
+            last_error=None,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+@dataclass(slots=True)
+class OutboxSettings:
+    max_attempts: int = 10
+    base_delay: float = 2.0
+    max_delay: float = 900.0
+    lease: float = 60.0
+    poll_interval: float = 1.0
+    batch: int = 50
+
+
+def backoff_delay(attempts: int, settings: OutboxSettings, rng: random.Random | None = None) -> float:
+    """Exponential back-off with full jitter (AWS architecture blog): uniform in [d/2, d]."""
+    ceiling = min(settings.max_delay, settings.base_delay * (2 ** max(0, attempts - 1)))
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+@dataclass(slots=True)
+class _Job:
+    outbox_id: int
+    message_id: int
+    channel: str
+    attempts: int
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        db: Database,
+        bus: EventBus,
+        channels: Callable[[], Mapping[str, Sender]],
+        settings: OutboxSettings | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.channels = channels
+        self.settings = settings or OutboxSettings()
+        self.worker_id = worker_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="outbox")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                worked = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox pass failed; retrying")
+                worked = 0
+            if worked:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+
+    async def run_once(self) -> int:
+        """Claim the due rows and deliver them; returns how many were handled."""
+        jobs = await self._claim()
+        if jobs:
+            await asyncio.gather(*(self._deliver(job) for job in jobs))
+        return len(jobs)
+
+    async def _claim(self) -> list[_Job]:
+        now = utcnow()
+        due = (
+            select(OutboxRow.id)
+            .where(
+                or_(
+                    (OutboxRow.status == OutboxStatus.PENDING) & (OutboxRow.next_attempt_at <= now),
+                    (OutboxRow.status == OutboxStatus.SENDING) & (OutboxRow.claimed_until < now),
+                )
+            )
+            .order_by(OutboxRow.next_attempt_at, OutboxRow.id)
+            .limit(self.settings.batch)
+        )
+        if not self.db.is_sqlite:
+            due = due.with_for_update(skip_locked=True)
+        async with self.db.write() as s:
+            rows = await s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id.in_(due.scalar_subquery()))
+                .values(
+                    status=OutboxStatus.SENDING,
+                    claimed_by=self.worker_id,
+                    claimed_until=now + timedelta(seconds=self.settings.lease),
+                    updated_at=now,
+                )
+                .returning(OutboxRow.id, OutboxRow.message_id, OutboxRow.channel, OutboxRow.attempts)
+                .execution_options(synchronize_session=False)
+            )
+            return [_Job(r.id, r.message_id, r.channel, r.attempts) for r in rows]
+
+    async def _outbound(self, job: _Job) -> OutboundMessage:
+        async with self.db.read() as s:
+            row = (
+                await s.execute(
+                    select(Message, Conversation.address, Conversation.subject)
+                    .join(Conversation, Conversation.id == Message.conversation_id)
+                    .where(Message.id == job.message_id)
+                )
+            ).one()
+        message, address, subject = row
+        return OutboundMessage(
+            message_id=message.id,
+            conversation_id=message.conversation_id,
+            channel=message.channel,
+            recipient=address,
+            text=message.text,
+            html=message.html,
+            author_name=message.author_name,
+            created_at=message.created_at,
+            thread=ThreadHints(subject=subject),
+        )
+
+    async def _deliver(self, job: _Job) -> None:
+        attempts = job.attempts + 1
+        channel = self.channels().get(job.channel)
+        try:
+            if channel is None:
+                raise PermanentError(f"channel {job.channel!r} is not configured on this hub")
+            outbound = await self._outbound(job)
+            result = await channel.send(outbound)
+        except TransientError as exc:
+            if attempts >= self.settings.max_attempts:
+                await self._fail(job, attempts, f"gave up after {attempts} attempts: {exc}")
+            else:
+                delay = (
+                    exc.retry_after if exc.retry_after is not None else backoff_delay(attempts, self.settings)
+                )
+                await self._retry(job, attempts, str(exc), delay)
+        except PermanentError as exc:
+            await self._fail(job, attempts, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or an unexpected library error: retry, but say so
+            log.exception("channel %s raised an unexpected error", job.channel)
+            if attempts >= self.settings.max_attempts:
+                await self._fail(job, attempts, f"gave up after {attempts} attempts: {exc!r}")
+            else:
+                await self._retry(job, attempts, repr(exc), backoff_delay(attempts, self.settings))
+        else:
+            await self._succeed(job, attempts, result)
+
+    def _fenced(self, job: _Job) -> Any:
+        return update(OutboxRow).where(OutboxRow.id == job.outbox_id, OutboxRow.claimed_by == self.worker_id)
+
+    async def _finish(
+        self,
+        job: _Job,
+        values: dict[str, Any],
+        message_values: dict[str, Any] | None,
+        events: list[EventRecord],
+    ) -> None:
+        async with self.db.write() as s:
+            done = await s.execute(
+                self._fenced(job).values(**values).execution_options(synchronize_session=False)
+            )
+            if done.rowcount != 1:
+                log.warning("outbox row %s was taken over by another dispatcher; leaving it", job.outbox_id)
+                return
+            conv = (
+                await s.execute(
+                    select(Conversation.id, Conversation.contact_id, Conversation.assignee_id)
+                    .join(Message, Message.conversation_id == Conversation.id)
+                    .where(Message.id == job.message_id)
+                )
+            ).one()
+            if message_values:
+                await s.execute(update(Message).where(Message.id == job.message_id).values(**message_values))
+            stored = await append_events(
+                s,
+                [
+                    EventRecord(
+                        type=e.type,
+                        at=e.at,
+                        conversation_id=conv.id,
+                        contact_id=conv.contact_id,
+                        message_id=job.message_id,
+                        data={**e.data, "assignee_id": conv.assignee_id},
+                    )
+                    for e in events
+                ],
+            )
+        self.bus.publish(stored)
+
+    async def _succeed(self, job: _Job, attempts: int, result: SendResult) -> None:
+        now = utcnow()
+        status = MessageStatus.DELIVERED if result.delivered else MessageStatus.SENT
+        events = [
+            new_event(
+                EventType.MESSAGE_SENT,
+                at=now,
+                channel=job.channel,
+                attempts=attempts,
+                external_id=result.external_id,
+            )
+        ]
+        if result.delivered:
+            events.append(new_event(EventType.MESSAGE_DELIVERED, at=now, channel=job.channel))
+        message_values: dict[str, Any] = {"status": status.value, "error": None}
+        if result.external_id:
+            message_values["external_id"] = result.external_id
+        await self._finish(
+            job,
+            {
+                "status": OutboxStatus.SENT,
+                "attempts": attempts,
+                "claimed_until": None,
+                "updated_at": now,
+                "last_error": None,
+            },
+            message_values,
+            events,
+        )
+
+    async def _retry(self, job: _Job, attempts: int, error: str, delay: float) -> None:
+        now = utcnow()
+        await self._finish(
+            job,
+            {
+                "status": OutboxStatus.PENDING,
+                "attempts": attempts,
+                "next_attempt_at": now + timedelta(seconds=delay),
+                "claimed_by": None,
+                "claimed_until": None,
+                "last_error": error,
+                "updated_at": now,
+            },
+            None,
+            [
+                new_event(
+                    EventType.MESSAGE_RETRYING,
+                    at=now,
+                    channel=job.channel,
+                    attempts=attempts,
+                    error=error,
+                    retry_in_s=round(delay, 3),
+                )
+            ],
+        )
+
+    async def _fail(self, job: _Job, attempts: int, error: str) -> None:
+        now = utcnow()
+        await self._finish(
+            job,
+            {
+                "status": OutboxStatus.FAILED,
+                "attempts": attempts,
+                "claimed_until": None,
+                "last_error": error,
+                "updated_at": now,
+            },
+            {"status": MessageStatus.FAILED.value, "error": error},
+            [
+                new_event(
+                    EventType.MESSAGE_FAILED, at=now, channel=job.channel, attempts=attempts, error=error
+                )
+            ],
+        )

@@ -1,0 +1,1 @@
+"""The aiohttp web app: agent inbox, REST API, live websocket, OpenAPI document."""

@@ -1,0 +1,102 @@
+"""``/api/live``: the agent's websocket of events they may see, plus typing signals both ways.
+
+Every frame the client sends is checked against the session again (a revoked token or a demoted
+agent loses access at their next frame, not at reconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from hub.access import Principal, may_see_event
+from hub.errors import UserError
+from hub.events import EventRecord
+from hub.web.api import HUB, principal
+from hub.web.security import TOKEN
+
+log = logging.getLogger(__name__)
+LIVE_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("live_sockets", set)
+
+
+def frame_for(event: EventRecord) -> dict[str, Any]:
+    if event.type == "typing":
+        return {"type": "typing", "conversation_id": event.conversation_id, "who": event.data.get("who")}
+    return {"type": "event", "event": event.as_json()}
+
+
+async def live(request: web.Request) -> web.StreamResponse:
+    who = await principal(request)
+    hub = request.app[HUB]
+    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=16 * 1024)
+    await ws.prepare(request)
+    request.app[LIVE_SOCKETS].add(ws)
+    async with hub.bus.subscribe() as queue:
+        pump = asyncio.get_running_loop().create_task(_pump(ws, queue, who))
+        try:
+            await ws.send_json({"type": "hello", "agent": who.as_json()})
+            async for frame in ws:
+                if frame.type != WSMsgType.TEXT:
+                    continue
+                current = await hub.accounts.authenticate(request[TOKEN])
+                if current is None:
+                    await ws.close(code=4401, message=b"session expired")
+                    break
+                who = current
+                await _on_client_frame(request, ws, who, frame.data)
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            request.app[LIVE_SOCKETS].discard(ws)
+    return ws
+
+
+async def _pump(ws: web.WebSocketResponse, queue: asyncio.Queue[EventRecord | None], who: Principal) -> None:
+    while True:
+        event = await queue.get()
+        if event is None:
+            # We fell behind (or the hub is stopping): the client reloads from the REST API.
+            with contextlib.suppress(ConnectionResetError):
+                await ws.send_json({"type": "resync"})
+            await ws.close()
+            return
+        if may_see_event(who, event):
+            try:
+                await ws.send_str(json.dumps(frame_for(event)))
+            except ConnectionResetError:
+                return
+
+
+async def _on_client_frame(request: web.Request, ws: web.WebSocketResponse, who: Principal, raw: str) -> None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        await ws.send_json({"type": "error", "error": "invalid_json", "detail": "frames must be JSON"})
+        return
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind == "ping":
+        await ws.send_json({"type": "pong"})
+    elif kind == "typing":
+        conversation_id = data.get("conversation_id")
+        if type(conversation_id) is not int:
+            await ws.send_json(
+                {"type": "error", "error": "invalid_frame", "detail": "conversation_id must be an int"}
+            )
+            return
+        hub = request.app[HUB]
+        try:
+            conv = await hub.timeline.conversation_summary(who, conversation_id)
+        except UserError as exc:
+            await ws.send_json({"type": "error", "error": exc.error, "detail": exc.detail})
+            return
+        await hub.agent_typing(conversation_id, conv["channel"], conv["address"])
+    else:
+        await ws.send_json(
+            {"type": "error", "error": "unknown_frame", "detail": "frame type must be ping or typing"}
+        )

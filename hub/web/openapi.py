@@ -1,0 +1,446 @@
+"""The OpenAPI 3.1 description served at /api/openapi.json. A test checks it against the routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+PUBLIC: list[dict[str, list[str]]] = []
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Bad input",
+        401: "Not logged in",
+        403: "Forbidden",
+        404: "Not found",
+        409: "Conflict",
+        413: "Too large",
+        415: "Not JSON",
+        422: "Invalid field",
+    }
+    return {str(c): _json(ERROR, text[c]) for c in codes}
+
+
+def _op(
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    public: bool = False,
+    body: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+    tag: str = "inbox",
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
+    if public:
+        op["security"] = PUBLIC
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+ID_PATH = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+REF = {
+    name: {"$ref": f"#/components/schemas/{name}"}
+    for name in ("Agent", "Conversation", "Message", "Contact", "Event")
+}
+
+
+def build_openapi() -> dict[str, Any]:
+    conversation_with_messages = {
+        "type": "object",
+        "properties": {
+            "conversation": REF["Conversation"],
+            "messages": {"type": "array", "items": REF["Message"]},
+        },
+    }
+    text_body = {
+        "type": "object",
+        "required": ["text"],
+        "properties": {"text": {"type": "string", "minLength": 1}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Omnichannel hub API",
+            "version": "1.0.0",
+            "description": "Every channel behind one inbox. Authenticate with POST /api/session and send the "
+            "token as `Authorization: Bearer <token>`. Errors are JSON: {error, detail}.",
+        },
+        "security": [{"bearerAuth": []}],
+        "paths": {
+            "/healthz": {
+                "get": _op(
+                    "Liveness and database check", {"200": _json({"type": "object"})}, public=True, tag="ops"
+                )
+            },
+            "/api/openapi.json": {
+                "get": _op("This document", {"200": _json({"type": "object"})}, public=True, tag="ops")
+            },
+            "/api/session": {
+                "post": _op(
+                    "Log in; returns a bearer token and sets the session cookie",
+                    {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {"token": {"type": "string"}, "agent": REF["Agent"]},
+                            }
+                        ),
+                        **_errors(400, 401, 422),
+                    },
+                    public=True,
+                    body={
+                        "type": "object",
+                        "required": ["email", "password"],
+                        "properties": {"email": {"type": "string"}, "password": {"type": "string"}},
+                    },
+                    tag="auth",
+                ),
+                "delete": _op(
+                    "Log out (revokes the token)",
+                    {"204": {"description": "Logged out"}, **_errors(401)},
+                    tag="auth",
+                ),
+            },
+            "/api/me": {
+                "get": _op(
+                    "The logged-in agent",
+                    {"200": _json({"type": "object", "properties": {"agent": REF["Agent"]}}), **_errors(401)},
+                    tag="auth",
+                )
+            },
+            "/api/agents": {
+                "get": _op(
+                    "Active agents",
+                    {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {"agents": {"type": "array", "items": REF["Agent"]}},
+                            }
+                        ),
+                        **_errors(401),
+                    },
+                    tag="agents",
+                ),
+                "post": _op(
+                    "Create an agent (admin); answers the generated password when none is given",
+                    {
+                        "201": _json(
+                            {
+                                "type": "object",
+                                "properties": {"agent": REF["Agent"], "password": {"type": "string"}},
+                            }
+                        ),
+                        **_errors(400, 401, 403, 409, 422),
+                    },
+                    body={
+                        "type": "object",
+                        "required": ["email", "name"],
+                        "properties": {
+                            "email": {"type": "string"},
+                            "name": {"type": "string"},
+                            "role": {"enum": ["agent", "supervisor", "admin"]},
+                            "password": {"type": "string"},
+                        },
+                    },
+                    tag="agents",
+                ),
+            },
+            "/api/conversations": {
+                "get": _op(
+                    "Conversations the caller may see, newest activity first, keyset-paged",
+                    {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "conversations": {"type": "array", "items": REF["Conversation"]},
+                                    "next_before": {"type": ["integer", "null"]},
+                                },
+                            }
+                        ),
+                        **_errors(400, 401),
+                    },
+                    params=[
+                        _q(
+                            "status",
+                            {"enum": ["open", "pending", "snoozed", "resolved", "all"], "default": "open"},
+                            "Conversation status",
+                        ),
+                        _q("assignee", {"type": "string", "default": "all"}, "me, none, all or an agent id"),
+                        _q("channel", {"type": "string"}, "Channel instance name"),
+                        _q("before", {"type": "integer"}, "next_before of the previous page"),
+                        _q("limit", {"type": "integer", "maximum": 200, "default": 50}, "Page size"),
+                    ],
+                )
+            },
+            "/api/conversations/{id}": {
+                "parameters": [ID_PATH],
+                "get": _op(
+                    "A conversation with all its messages and notes, oldest first",
+                    {"200": _json(conversation_with_messages), **_errors(401, 404)},
+                ),
+                "patch": _op(
+                    "Change status, assignee or priority",
+                    {
+                        "200": _json({"type": "object", "properties": {"conversation": REF["Conversation"]}}),
+                        **_errors(400, 401, 403, 404, 409, 422),
+                    },
+                    body={
+                        "type": "object",
+                        "properties": {
+                            "status": {"enum": ["open", "pending", "snoozed", "resolved"]},
+                            "assignee_id": {"type": ["integer", "null"]},
+                            "priority": {"type": "integer", "minimum": 0, "maximum": 4},
+                        },
+                    },
+                ),
+            },
+            "/api/conversations/{id}/messages": {
+                "parameters": [ID_PATH],
+                "post": _op(
+                    "Reply on the conversation's channel; queued in the durable outbox",
+                    {
+                        "202": _json({"type": "object", "properties": {"message": REF["Message"]}}),
+                        **_errors(400, 401, 404, 413),
+                    },
+                    body=text_body,
+                ),
+            },
+            "/api/conversations/{id}/notes": {
+                "parameters": [ID_PATH],
+                "post": _op(
+                    "Add a private note (never shown to the customer)",
+                    {
+                        "201": _json({"type": "object", "properties": {"message": REF["Message"]}}),
+                        **_errors(400, 401, 404, 413),
+                    },
+                    body=text_body,
+                ),
+            },
+            "/api/contacts/{id}": {
+                "parameters": [ID_PATH],
+                "get": _op(
+                    "A contact, its identities and conversations",
+                    {
+                        "200": _json({"type": "object", "properties": {"contact": REF["Contact"]}}),
+                        **_errors(401, 404),
+                    },
+                    tag="contacts",
+                ),
+            },
+            "/api/contacts/{id}/timeline": {
+                "parameters": [ID_PATH],
+                "get": _op(
+                    "Every message of the contact on every channel, newest first, keyset-paged",
+                    {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "messages": {"type": "array", "items": REF["Message"]},
+                                    "next_before": {"type": ["integer", "null"]},
+                                },
+                            }
+                        ),
+                        **_errors(400, 401, 404),
+                    },
+                    params=[
+                        _q("before", {"type": "integer"}, "Message id: return older ones"),
+                        _q("limit", {"type": "integer", "maximum": 200, "default": 50}, "Page size"),
+                    ],
+                    tag="contacts",
+                ),
+            },
+            "/api/events": {
+                "get": _op(
+                    "The event record, oldest first (supervisors and admins)",
+                    {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "events": {"type": "array", "items": REF["Event"]},
+                                    "next_after": {"type": "integer"},
+                                },
+                            }
+                        ),
+                        **_errors(400, 401, 403),
+                    },
+                    params=[
+                        _q("after", {"type": "integer", "default": 0}, "Return events with a larger id"),
+                        _q("limit", {"type": "integer", "maximum": 1000, "default": 100}, "Page size"),
+                    ],
+                    tag="events",
+                )
+            },
+            "/api/attachments/{id}": {
+                "parameters": [ID_PATH],
+                "get": _op(
+                    "Download an attachment",
+                    {
+                        "200": {"description": "The file", "content": {"application/octet-stream": {}}},
+                        **_errors(401, 404),
+                    },
+                ),
+            },
+            "/api/live": {
+                "get": _op(
+                    "Websocket of the events the caller may see. "
+                    "Server frames: hello, event, typing, resync, pong. "
+                    "Client frames: {type: typing, conversation_id}, {type: ping}.",
+                    {"101": {"description": "Switching to the websocket protocol"}, **_errors(401, 403)},
+                    tag="live",
+                )
+            },
+            "/webchat/session": {
+                "post": _op(
+                    "Start or resume a web-chat visitor session; returns a signed visitor token",
+                    {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {"token": {"type": "string"}, "visitor_id": {"type": "string"}},
+                            }
+                        ),
+                        **_errors(400, 403, 422),
+                    },
+                    public=True,
+                    body={
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "email": {"type": "string"},
+                            "user_id": {"type": "string"},
+                            "user_hash": {
+                                "type": "string",
+                                "description": "hex HMAC-SHA256(identity secret, user_id)",
+                            },
+                        },
+                    },
+                    tag="webchat",
+                )
+            },
+            "/webchat/ws": {
+                "get": _op(
+                    "Visitor websocket (?token=). Visitor frames: message {client_id, text}, typing, ping. "
+                    "Server frames: history, ack {client_id, message_id} (after commit), message, typing, "
+                    "error.",
+                    {"101": {"description": "Switching to the websocket protocol"}, **_errors(401, 403)},
+                    public=True,
+                    params=[{"name": "token", "in": "query", "required": True, "schema": {"type": "string"}}],
+                    tag="webchat",
+                )
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "detail"],
+                    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+                },
+                "Agent": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "email": {"type": "string"},
+                        "name": {"type": "string"},
+                        "role": {"enum": ["agent", "supervisor", "admin"]},
+                    },
+                },
+                "Conversation": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "contact": {
+                            "type": "object",
+                            "properties": {"id": {"type": "integer"}, "name": {"type": ["string", "null"]}},
+                        },
+                        "channel": {"type": "string"},
+                        "channel_kind": {"type": "string"},
+                        "address": {"type": "string"},
+                        "status": {"enum": ["open", "pending", "snoozed", "resolved"]},
+                        "assignee_id": {"type": ["integer", "null"]},
+                        "assignee": {"type": ["object", "null"]},
+                        "priority": {"type": "integer"},
+                        "subject": {"type": ["string", "null"]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "updated_at": {"type": "string", "format": "date-time"},
+                        "last_message_at": {"type": "string", "format": "date-time"},
+                        "resolved_at": {"type": ["string", "null"], "format": "date-time"},
+                        "last_message": {"type": ["object", "null"]},
+                    },
+                },
+                "Message": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "conversation_id": {"type": "integer"},
+                        "contact_id": {"type": "integer"},
+                        "channel": {"type": "string"},
+                        "direction": {"enum": ["in", "out", "note"]},
+                        "status": {
+                            "enum": ["received", "queued", "sent", "delivered", "read", "failed", "note"]
+                        },
+                        "text": {"type": "string"},
+                        "html": {"type": ["string", "null"]},
+                        "author": {"type": "string"},
+                        "agent_id": {"type": ["integer", "null"]},
+                        "sender": {"type": ["string", "null"]},
+                        "external_id": {"type": ["string", "null"]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "error": {"type": ["string", "null"]},
+                        "attachments": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+                "Contact": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "name": {"type": ["string", "null"]},
+                        "attributes": {"type": "object"},
+                        "identities": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "kind": {"enum": ["email", "phone", "jid", "webchat"]},
+                                    "value": {"type": "string"},
+                                },
+                            },
+                        },
+                        "conversations": {"type": "array", "items": REF["Conversation"]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "Event": {
+                    "type": "object",
+                    "required": ["id", "type", "at", "data"],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "type": {"type": "string"},
+                        "at": {"type": "string", "format": "date-time"},
+                        "conversation_id": {"type": ["integer", "null"]},
+                        "contact_id": {"type": ["integer", "null"]},
+                        "message_id": {"type": ["integer", "null"]},
+                        "agent_id": {"type": ["integer", "null"]},
+                        "data": {"type": "object"},
+                    },
+                },
+            },
+        },
+    }
