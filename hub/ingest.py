@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, insert, select, tuple_, update
+from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -276,23 +276,16 @@ async def _store_batch(
         if attachment_rows:
             await session.execute(insert(AttachmentRow), attachment_rows)
         touched = {id(c): c for c in conversations.values()}.values()
+        # ORM bulk UPDATE by primary key: one executemany for the whole batch.
         await session.execute(
-            update(Conversation)
-            .where(Conversation.id == bindparam("conv_id"))
-            .values(
-                status=bindparam("new_status"),
-                last_message_at=bindparam("new_last"),
-                updated_at=bindparam("new_updated"),
-                resolved_at=bindparam("new_resolved"),
-            )
-            .execution_options(synchronize_session=False),
+            update(Conversation),
             [
                 {
-                    "conv_id": c.id,
-                    "new_status": c.status,
-                    "new_last": c.last_message_at,
-                    "new_updated": now,
-                    "new_resolved": c.resolved_at,
+                    "id": c.id,
+                    "status": c.status,
+                    "last_message_at": c.last_message_at,
+                    "updated_at": now,
+                    "resolved_at": c.resolved_at,
                 }
                 for c in touched
             ],

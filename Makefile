@@ -1,0 +1,46 @@
+# The two commands of the quick start: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+DEV     = $(VENV)/.installed-dev
+
+.PHONY: run test lint bench peers clean help
+
+help:
+	@echo "make run    install into $(VENV) and start the hub on http://127.0.0.1:8080 (SQLite in ./var)"
+	@echo "make test   install test dependencies and peers, then run the whole suite"
+	@echo "make bench  run the benchmarks (JSON lines)"
+	@echo "make lint   ruff"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(DEV): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/hub serve
+
+peers:
+	@sh tests/peers/install.sh
+
+test: $(DEV) peers
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(DEV)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(DEV)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var *.egg-info .pytest_cache .ruff_cache
