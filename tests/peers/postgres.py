@@ -139,7 +139,7 @@ def find_postgres() -> tuple[PostgresServer | None, str]:
     if private is None:
         return (
             None,
-            "no PostgreSQL on 127.0.0.1:5432 and no PostgreSQL binaries to start one (apt-get install postgresql)",
+            "no PostgreSQL on 127.0.0.1:5432 and no binaries to start one (apt-get install postgresql)",
         )
     return private, ""
 

@@ -292,7 +292,6 @@
       placeholder: "Type your message…",
       "aria-label": "Message",
       "data-testid": "chat-input",
-      maxlength: "10000",
     });
     var send = el(
       "button",

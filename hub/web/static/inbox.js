@@ -881,6 +881,8 @@ function onLiveFrame(frame) {
       onLiveEvent(frame.event);
       break;
     case "typing":
+      // Only the customer's typing is shown; other agents' signals (if any) are not "the customer".
+      if (frame.who && frame.who !== "customer") break;
       if (frame.conversation_id != null && Number(frame.conversation_id) === state.selectedId) showTyping();
       break;
     case "resync":
