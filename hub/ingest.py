@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import nh3
 from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -63,6 +64,7 @@ class _Pending:
     address: str
     future: asyncio.Future[IngestResult]
     shas: list[str] = field(default_factory=list)
+    html: str | None = None
 
 
 class Ingest:
@@ -110,7 +112,9 @@ class Ingest:
                 raise IngestRefused(str(exc)) from None
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
         shas = [self.attachments.put(a.data) for a in msg.attachments]
-        return _Pending(msg, address, future, shas)
+        # Defence in depth: whatever a channel hands over, stored HTML never carries script.
+        html = nh3.clean(msg.html) if msg.html else None
+        return _Pending(msg, address, future, shas, html)
 
     async def close(self) -> None:
         if self._worker is not None:
@@ -233,7 +237,7 @@ async def _store_batch(
                     "sender": p.address,
                     "author_name": p.msg.sender_name,
                     "text": p.msg.text,
-                    "html": p.msg.html,
+                    "html": p.html,
                     "error": None,
                     "meta": _thread_meta(p.msg),
                     "created_at": p.msg.received_at,
