@@ -18,7 +18,7 @@ import channels.webchat  # noqa: F401 - registers the web-chat channel kind
 from channels.base import BaseChannel, channel_class
 from hub.attachments import AttachmentStore
 from hub.auth import Accounts, generate_password
-from hub.config import HubConfig
+from hub.config import ConfigError, HubConfig
 from hub.conversations import Conversations
 from hub.events import EventBus, new_event
 from hub.ingest import Ingest, IngestSettings
@@ -85,7 +85,11 @@ class Hub:
         secret = server_secret(config.data_dir)
         for spec in config.channels:
             settings: dict[str, Any] = {"token_secret": secret, **spec.settings}
-            self.channels[spec.name] = channel_class(spec.kind)(spec.name, settings, data_dir=config.data_dir)
+            try:
+                kind = channel_class(spec.kind)
+                self.channels[spec.name] = kind(spec.name, settings, data_dir=config.data_dir)
+            except ValueError as exc:
+                raise ConfigError(f"channel {spec.name!r}: {exc}") from None
 
     async def __aenter__(self) -> Hub:
         if self.migrate:

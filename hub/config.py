@@ -51,7 +51,7 @@ class HubConfig:
         return f"sqlite+aiosqlite:///{(self.data_dir / 'hub.db').resolve()}"
 
 
-_KEYS: dict[tuple[str, str], tuple[str, type]] = {
+FILE_KEYS: dict[tuple[str, str], tuple[str, type]] = {
     ("server", "host"): ("host", str),
     ("server", "port"): ("port", int),
     ("server", "public_url"): ("public_url", str),
@@ -128,7 +128,7 @@ def load_config(path: Path | None = None, environ: dict[str, str] | None = None)
             if not isinstance(values, dict):
                 raise ConfigError(f"[{section}] must be a table")
             for key, value in values.items():
-                target = _KEYS.get((section, key))
+                target = FILE_KEYS.get((section, key))
                 if target is None:
                     raise ConfigError(f"{path}: unknown key {section}.{key} (see config/hub.example.toml)")
                 setattr(cfg, target[0], _coerce(value, target[1], f"{section}.{key}"))

@@ -1,0 +1,1 @@
+"""Routing: queues, skills, capacity and the assignment claim (built on the spine's conversations)."""
