@@ -19,6 +19,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.model import utcnow
+from storage.ids import allocate_ids
 from storage.models import Event
 
 
@@ -91,8 +92,10 @@ async def append_events(session: AsyncSession, events: Iterable[EventRecord]) ->
     pending = list(events)
     if not pending:
         return []
+    ids = await allocate_ids(session, Event, len(pending))
     rows = [
         {
+            "id": i,
             "type": e.type,
             "at": e.at,
             "conversation_id": e.conversation_id,
@@ -101,10 +104,9 @@ async def append_events(session: AsyncSession, events: Iterable[EventRecord]) ->
             "agent_id": e.agent_id,
             "data": e.data,
         }
-        for e in pending
+        for i, e in zip(ids, pending, strict=True)
     ]
-    result = await session.execute(insert(Event).returning(Event.id, sort_by_parameter_order=True), rows)
-    ids = [row[0] for row in result]
+    await session.execute(insert(Event.__table__), rows)
     return [
         EventRecord(
             id=i,

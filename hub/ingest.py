@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import nh3
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,6 +39,7 @@ from hub.model import (
     utcnow,
 )
 from storage.engine import Database
+from storage.ids import allocate_ids
 from storage.models import AttachmentRow, Contact, ContactIdentity, Conversation, Message
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class Ingest:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="ingest")
         self._queue.put_nowait(pending)
-        return await asyncio.shield(pending.future)
+        return await pending.future
 
     def _prepare(self, msg: InboundMessage) -> _Pending:
         if not msg.external_id:
@@ -195,14 +196,18 @@ async def _store_batch(
 
     # 1. Replays: keys already stored, and keys repeated inside this batch.
     keys = {(p.msg.channel, p.msg.external_id) for p in batch}
-    stored = {
-        (row.channel, row.external_id): IngestResult(row.id, row.conversation_id, row.contact_id, True)
-        for row in await session.execute(
-            select(
-                Message.id, Message.conversation_id, Message.contact_id, Message.channel, Message.external_id
-            ).where(tuple_(Message.channel, Message.external_id).in_(list(keys)))
+    stored: dict[tuple[str, str | None], IngestResult] = {}
+    # One IN list per channel rather than a row-value IN: SQLite only uses the unique index that way.
+    for channel in {c for c, _ in keys}:
+        rows = await session.execute(
+            select(Message.id, Message.conversation_id, Message.contact_id, Message.external_id).where(
+                Message.channel == channel, Message.external_id.in_([e for c, e in keys if c == channel])
+            )
         )
-    }
+        for row in rows:
+            stored[(channel, row.external_id)] = IngestResult(
+                row.id, row.conversation_id, row.contact_id, True
+            )
     fresh: list[int] = []
     first_of_key: dict[tuple[str, str], int] = {}
     for i, p in enumerate(batch):
@@ -243,11 +248,12 @@ async def _store_batch(
                     "created_at": p.msg.received_at,
                 }
             )
-        inserted = await session.execute(
-            insert(Message).returning(Message.id, sort_by_parameter_order=True), message_rows
-        )
+        message_ids = await allocate_ids(session, Message, len(message_rows))
+        for row, message_id in zip(message_rows, message_ids, strict=True):
+            row["id"] = message_id
+        await session.execute(insert(Message.__table__), message_rows)
         attachment_rows = []
-        for i, (message_id,) in zip(fresh, inserted, strict=True):
+        for i, message_id in zip(fresh, message_ids, strict=True):
             p = batch[i]
             contact_id = contacts[(p.msg.identity_kind.value, p.address)]
             conv = conversations[(contact_id, p.msg.channel)]
@@ -278,18 +284,17 @@ async def _store_batch(
                     }
                 )
         if attachment_rows:
-            await session.execute(insert(AttachmentRow), attachment_rows)
+            await session.execute(insert(AttachmentRow.__table__), attachment_rows)
         touched = {id(c): c for c in conversations.values()}.values()
-        # ORM bulk UPDATE by primary key: one executemany for the whole batch.
         await session.execute(
-            update(Conversation),
+            _TOUCH_CONVERSATION,
             [
                 {
-                    "id": c.id,
-                    "status": c.status,
-                    "last_message_at": c.last_message_at,
-                    "updated_at": now,
-                    "resolved_at": c.resolved_at,
+                    "conv_id": c.id,
+                    "new_status": c.status,
+                    "new_last": c.last_message_at,
+                    "new_updated": now,
+                    "new_resolved": c.resolved_at,
                 }
                 for c in touched
             ],
@@ -303,6 +308,20 @@ async def _store_batch(
 
     recorded = await append_events(session, events)
     return [r for r in results if r is not None], recorded
+
+
+# One executemany for every conversation a batch touched (a Core statement: the ORM's bulk-update
+# path costs more Python per row than the database spends on it).
+_TOUCH_CONVERSATION = (
+    update(Conversation.__table__)
+    .where(Conversation.__table__.c.id == bindparam("conv_id"))
+    .values(
+        status=bindparam("new_status"),
+        last_message_at=bindparam("new_last"),
+        updated_at=bindparam("new_updated"),
+        resolved_at=bindparam("new_resolved"),
+    )
+)
 
 
 def _thread_meta(msg: InboundMessage) -> dict[str, object]:
@@ -328,36 +347,39 @@ async def _resolve_contacts(
     wanted: dict[tuple[str, str], _Pending] = {}
     for p in items:
         wanted.setdefault((p.msg.identity_kind.value, p.address), p)
-    found: dict[tuple[str, str], int] = {
-        (row.kind, row.value): row.contact_id
-        for row in await session.execute(
-            select(ContactIdentity.kind, ContactIdentity.value, ContactIdentity.contact_id).where(
-                tuple_(ContactIdentity.kind, ContactIdentity.value).in_(list(wanted))
+    found: dict[tuple[str, str], int] = {}
+    for kind in {k for k, _ in wanted}:
+        rows = await session.execute(
+            select(ContactIdentity.value, ContactIdentity.contact_id).where(
+                ContactIdentity.kind == kind, ContactIdentity.value.in_([v for k, v in wanted if k == kind])
             )
         )
-    }
+        for row in rows:
+            found[(kind, row.value)] = row.contact_id
     missing = [key for key in wanted if key not in found]
     if missing:
-        created = await session.execute(
-            insert(Contact).returning(Contact.id, sort_by_parameter_order=True),
+        contact_ids = await allocate_ids(session, Contact, len(missing))
+        await session.execute(
+            insert(Contact.__table__),
             [
                 {
+                    "id": contact_id,
                     "name": wanted[key].msg.sender_name,
                     "attributes": dict(wanted[key].msg.contact_attributes),
                     "merged_into_id": None,
                     "created_at": now,
                     "updated_at": now,
                 }
-                for key in missing
+                for key, contact_id in zip(missing, contact_ids, strict=True)
             ],
         )
-        for key, (contact_id,) in zip(missing, created, strict=True):
+        for key, contact_id in zip(missing, contact_ids, strict=True):
             found[key] = contact_id
             events.append(
                 new_event(EventType.CONTACT_CREATED, at=now, contact_id=contact_id, identity=list(key))
             )
         await session.execute(
-            insert(ContactIdentity),
+            insert(ContactIdentity.__table__),
             [{"contact_id": found[k], "kind": k[0], "value": k[1], "created_at": now} for k in missing],
         )
     return found
@@ -396,7 +418,8 @@ async def _resolve_conversations(
             Conversation.last_message_at,
             Conversation.resolved_at,
         )
-        .where(tuple_(Conversation.contact_id, Conversation.channel).in_(list(pairs)))
+        .where(Conversation.contact_id.in_({contact for contact, _ in pairs}))
+        .where(Conversation.channel.in_({channel for _, channel in pairs}))
         .where(
             (Conversation.status != ConversationStatus.RESOLVED.value)
             | (Conversation.resolved_at >= now - reopen_within)
@@ -404,6 +427,8 @@ async def _resolve_conversations(
         .order_by(Conversation.id)
     )
     for row in rows:
+        if (row.contact_id, row.channel) not in pairs:
+            continue
         latest[(row.contact_id, row.channel)] = _Conv(
             row.id, row.status, row.assignee_id, row.last_message_at, row.resolved_at
         )
@@ -425,10 +450,12 @@ async def _resolve_conversations(
             conv.resolved_at = None
     missing = [key for key in pairs if key not in latest]
     if missing:
-        created = await session.execute(
-            insert(Conversation).returning(Conversation.id, sort_by_parameter_order=True),
+        conversation_ids = await allocate_ids(session, Conversation, len(missing))
+        await session.execute(
+            insert(Conversation.__table__),
             [
                 {
+                    "id": conv_id,
                     "contact_id": key[0],
                     "channel": key[1],
                     "channel_kind": pairs[key].msg.channel_kind,
@@ -442,10 +469,10 @@ async def _resolve_conversations(
                     "last_message_at": pairs[key].msg.received_at,
                     "resolved_at": None,
                 }
-                for key in missing
+                for key, conv_id in zip(missing, conversation_ids, strict=True)
             ],
         )
-        for key, (conv_id,) in zip(missing, created, strict=True):
+        for key, conv_id in zip(missing, conversation_ids, strict=True):
             latest[key] = _Conv(
                 conv_id, ConversationStatus.OPEN.value, None, pairs[key].msg.received_at, None
             )
