@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.model import utcnow
+from storage.bulk import insert_rows
 from storage.ids import allocate_ids
 from storage.models import Event
 
@@ -106,7 +106,7 @@ async def append_events(session: AsyncSession, events: Iterable[EventRecord]) ->
         }
         for i, e in zip(ids, pending, strict=True)
     ]
-    await session.execute(insert(Event.__table__), rows)
+    await insert_rows(session, Event, rows)
     return [
         EventRecord(
             id=i,

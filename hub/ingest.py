@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import nh3
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,6 +38,7 @@ from hub.model import (
     MessageStatus,
     utcnow,
 )
+from storage.bulk import insert_rows
 from storage.engine import Database
 from storage.ids import allocate_ids
 from storage.models import AttachmentRow, Contact, ContactIdentity, Conversation, Message
@@ -196,6 +197,7 @@ async def _store_batch(
 
     # 1. Replays: keys already stored, and keys repeated inside this batch.
     keys = {(p.msg.channel, p.msg.external_id) for p in batch}
+    await _custom_plans(session, True)
     stored: dict[tuple[str, str | None], IngestResult] = {}
     # One IN list per channel rather than a row-value IN: SQLite only uses the unique index that way.
     for channel in {c for c, _ in keys}:
@@ -225,6 +227,8 @@ async def _store_batch(
         conversations = await _resolve_conversations(
             session, [batch[i] for i in fresh], contacts, now, reopen_within, events
         )
+    await _custom_plans(session, False)
+    if fresh:
         message_rows = []
         for i in fresh:
             p = batch[i]
@@ -251,7 +255,7 @@ async def _store_batch(
         message_ids = await allocate_ids(session, Message, len(message_rows))
         for row, message_id in zip(message_rows, message_ids, strict=True):
             row["id"] = message_id
-        await session.execute(insert(Message.__table__), message_rows)
+        await insert_rows(session, Message, message_rows)
         attachment_rows = []
         for i, message_id in zip(fresh, message_ids, strict=True):
             p = batch[i]
@@ -322,6 +326,19 @@ _TOUCH_CONVERSATION = (
         resolved_at=bindparam("new_resolved"),
     )
 )
+
+
+async def _custom_plans(session: AsyncSession, on: bool) -> None:
+    """Plan the batch lookups for their actual IN lists (PostgreSQL only).
+
+    asyncpg prepares statements, and after five runs PostgreSQL may switch to a generic plan; for
+    ``external_id IN (...)`` on a young table that plan scans the whole channel (seen: 18 ms -> 600 ms
+    per batch). Forcing custom plans for the whole session would instead re-plan every row of the
+    batch inserts, so it is switched on for the lookups only.
+    """
+    if session.bind.dialect.name == "postgresql":
+        mode = "force_custom_plan" if on else "auto"
+        await session.execute(text(f"SET LOCAL plan_cache_mode = {mode}"))
 
 
 def _thread_meta(msg: InboundMessage) -> dict[str, object]:

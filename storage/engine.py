@@ -70,10 +70,6 @@ class Database:
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_pre_ping=True,
-                # asyncpg prepares every statement; after five runs PostgreSQL may switch to a generic
-                # plan, which for `external_id = ANY($n)` on a young table scans every row of the channel
-                # (seen: 18 ms -> 600 ms per ingest batch). Our statements are cheap to plan each time.
-                connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
             )
             self.reader = self.writer
         self._write_sessions = async_sessionmaker(self.writer, expire_on_commit=False)
