@@ -219,7 +219,7 @@
     ".subtitle{display:flex;align-items:center;gap:6px;margin-top:2px;font-size:12.5px;opacity:.9}",
     ".dot{width:8px;height:8px;border-radius:50%;background:#facc15;flex:none}",
     ".root[data-conn=online] .dot{background:#4ade80}",
-    ".root[data-conn=offline] .dot{background:#f87171}",
+    ".root[data-conn=offline] .dot,.root[data-conn=refused] .dot{background:#f87171}",
     ".close{border:0;background:rgba(255,255,255,.16);color:#fff;width:32px;height:32px;border-radius:50%;display:grid;place-items:center;cursor:pointer}",
     ".close:hover{background:rgba(255,255,255,.28)}",
     ".notice{margin:0;padding:8px 16px;font-size:12.5px;background:#fef2f2;color:#b42318;border-bottom:1px solid #fde2e2;white-space:pre-wrap;overflow-wrap:anywhere}",
@@ -366,8 +366,13 @@
   function setConnState(conn) {
     if (!ui) return;
     ui.root.setAttribute("data-conn", conn);
-    ui.status.textContent =
-      conn === "online" ? config.subtitle : conn === "offline" ? "Offline. We'll send your messages when you're back." : "Connecting…";
+    var labels = {
+      online: config.subtitle,
+      connecting: "Connecting…",
+      offline: "Offline. We'll send your messages when you're back.",
+      refused: "Chat is unavailable",
+    };
+    ui.status.textContent = labels[conn] || labels.connecting;
   }
 
   function showNotice(text) {
@@ -726,7 +731,7 @@
     clearTimeout(retryTimer);
     retryTimer = null;
     connecting = true;
-    setConnState("connecting");
+    setConnState(attempts > 0 ? "offline" : "connecting");
     var ready = session ? Promise.resolve(session) : createSession();
     ready.then(
       function (s) {
@@ -735,8 +740,15 @@
       function (err) {
         connecting = false;
         setConnState("offline");
-        if (err && (err.status === 401 || err.status === 403)) showNotice(err.message);
-        else if (err && err.status) showNotice("Chat is unavailable right now: " + err.message);
+        var status = (err && err.status) || 0;
+        if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
+          // Refused for good (bad identity hash, site not allowed): retrying alone will not help;
+          // the visitor's next message tries again.
+          setConnState("refused");
+          showNotice(err.message);
+          return;
+        }
+        if (status) showNotice("Chat is unavailable right now: " + err.message);
         scheduleReconnect();
       },
     );

@@ -75,7 +75,12 @@ export function fullTime(iso) {
 
 /** Up to two initials for an avatar. */
 export function initials(name) {
-  const words = String(name || "?").replace(/[<>@._-]+/g, " ").trim().split(/\s+/).filter(Boolean);
+  let text = String(name || "?");
+  if (/^[^\s@]+@[^\s@]+$/.test(text)) text = text.split("@")[0]; // an address: initials of its local part
+  const all = text.replace(/[^\p{L}\p{N}]+/gu, " ").trim().split(/\s+/).filter(Boolean);
+  // "Website visitor 10" reads better as "WV" than "W1".
+  const lettered = all.filter((w) => /^\p{L}/u.test(w));
+  const words = lettered.length ? lettered : all;
   if (!words.length) return "?";
   const first = Array.from(words[0])[0] || "?";
   const second = words.length > 1 ? Array.from(words[words.length - 1])[0] || "" : "";

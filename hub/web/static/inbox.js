@@ -140,6 +140,7 @@ function startApp(agent) {
     onState: renderLiveState,
     onReconnect: refreshAll,
     onHandshakeFailed: checkSessionAfterFailedHandshake,
+    onUnauthorized: sessionExpired,
   });
   state.live.start();
 }
@@ -319,8 +320,19 @@ async function loadMoreConversations(button) {
 
 const scheduleList = debounce(refreshList, 150);
 
-function displayName(contact, fallback) {
-  return (contact && contact.name) || fallback || "Unknown contact";
+/**
+ * What to call a contact. Anonymous web-chat visitors are named after their opaque visitor id,
+ * which means nothing to a person, so they become "Website visitor #<contact id>".
+ */
+function displayName(contact, address, kind) {
+  const name = contact && contact.name;
+  const anonymousVisitor = kind === "webchat" && (!name || name === address);
+  if (anonymousVisitor && contact && contact.id != null) return `Website visitor #${contact.id}`;
+  return name || address || "Unknown contact";
+}
+
+function conversationName(c) {
+  return displayName(c.contact, c.address, c.channel_kind);
 }
 
 function channelBadge(kind, name) {
@@ -346,7 +358,7 @@ function renderList() {
   const items = state.conversations.map((c) => {
     const unread = isUnread(c);
     const selected = c.id === state.selectedId;
-    const name = displayName(c.contact, c.address);
+    const name = conversationName(c);
     const topLine = h(
       "div",
       { class: "conv-top" },
@@ -492,7 +504,7 @@ function mergeIntoList(conversation) {
 
 function renderConversation({ scrollToEnd = false } = {}) {
   const { conversation: c, messages } = state.selected;
-  const name = displayName(c.contact, c.address);
+  const name = conversationName(c);
   fill($("conversation-name"), name);
   $("conversation-name").title = name;
 
@@ -503,7 +515,7 @@ function renderConversation({ scrollToEnd = false } = {}) {
   badge.textContent = STATUS_LABELS[c.status] || c.status;
 
   const meta = [channelBadge(c.channel_kind, c.channel)];
-  if (c.address) meta.push(h("span", { class: "meta-address" }, c.address));
+  if (c.address && c.address !== name) meta.push(h("span", { class: "meta-address" }, c.address));
   if (c.subject) meta.push(h("span", { class: "meta-subject", title: c.subject }, c.subject));
   fill($("conversation-meta"), meta);
 
@@ -588,7 +600,11 @@ function renderTimeline(messages, { scrollToEnd = false } = {}) {
 function messageNode(m, conversation) {
   const direction = m.direction === "out" || m.direction === "note" ? m.direction : "in";
   let author;
-  if (direction === "in") author = m.author || m.sender || displayName(conversation.contact, conversation.address);
+  if (direction === "in") {
+    // In a thread with several senders (e-mail Cc) the author differs from the contact's address.
+    const own = !m.author || m.author === m.sender && m.sender === conversation.address;
+    author = own ? conversationName(conversation) : m.author;
+  }
   else if (m.agent_id != null && state.agent && m.agent_id === state.agent.id) author = "You";
   else author = m.author || "Agent";
 
@@ -626,11 +642,9 @@ function deliveryNode(m) {
     "div",
     { class: `delivery delivery-${cssToken(status)}`, testid: "delivery-status", dataset: { status } },
     h("span", { class: "delivery-icon", attrs: { "aria-hidden": "true" } }),
-    DELIVERY_LABELS[status] || status,
+    status === "failed" && m.error ? "Failed:" : DELIVERY_LABELS[status] || status,
   );
-  if (status === "failed") {
-    node.appendChild(h("span", { class: "delivery-error", testid: "delivery-error" }, m.error ? `: ${m.error}` : ""));
-  }
+  if (status === "failed" && m.error) node.appendChild(h("span", { class: "delivery-error", testid: "delivery-error" }, m.error));
   return node;
 }
 
@@ -778,7 +792,9 @@ function renderContact() {
     fill(panel, h("div", { class: "panel-empty" }, "Loading contact…"));
     return;
   }
-  const name = contact.name || (contact.identities && contact.identities[0] && contact.identities[0].value) || "Unknown contact";
+  const identitiesList = contact.identities || [];
+  const first = identitiesList[0];
+  const name = displayName(contact, first ? first.value : null, first ? first.kind : null);
   const header = h(
     "div",
     { class: "contact-card" },
@@ -787,7 +803,7 @@ function renderContact() {
     contact.created_at ? h("div", { class: "contact-since" }, `Contact since ${new Date(contact.created_at).toLocaleDateString()}`) : null,
   );
 
-  const identities = (contact.identities || []).map((i) =>
+  const identities = identitiesList.map((i) =>
     h("li", { class: "identity" }, h("span", { class: `identity-kind kind-${cssToken(i.kind)}` }, i.kind), h("span", { class: "identity-value" }, i.value)),
   );
 

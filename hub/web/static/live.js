@@ -7,6 +7,7 @@
 const MIN_DELAY_MS = 500;
 const MAX_DELAY_MS = 15_000;
 const PING_EVERY_MS = 25_000;
+const UNAUTHORIZED_CLOSE_CODE = 4401;
 
 export function liveUrl(loc = window.location) {
   const scheme = loc.protocol === "https:" ? "wss:" : "ws:";
@@ -19,6 +20,7 @@ export class LiveSocket {
    * handlers.onState(state)          "connecting" | "open" | "closed"
    * handlers.onReconnect()           opened again after a drop: state may have been missed
    * handlers.onHandshakeFailed(n)    n consecutive attempts never opened (maybe the session expired)
+   * handlers.onUnauthorized()        the server closed with 4401: the session expired or was revoked
    */
   constructor(url, handlers) {
     this.url = url;
@@ -92,9 +94,11 @@ export class LiveSocket {
       }
       if (frame && typeof frame.type === "string") this.handlers.onFrame?.(frame);
     };
-    ws.onclose = () => {
+    ws.onclose = (e) => {
       clearInterval(this.pingTimer);
       if (this.ws === ws) this.ws = null;
+      if (this.stopped) return;
+      if (e.code === UNAUTHORIZED_CLOSE_CODE) this.handlers.onUnauthorized?.();
       if (this.stopped) return;
       this.handlers.onState?.("closed");
       this.failures += 1;
