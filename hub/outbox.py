@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.errors import PermanentError, TransientError
@@ -72,11 +73,16 @@ class OutboxSettings:
     lease: float = 60.0
     poll_interval: float = 1.0
     batch: int = 50
+    # A send that has not answered after this long counts as a transient failure.
+    send_timeout: float = 30.0
 
 
 def backoff_delay(attempts: int, settings: OutboxSettings, rng: random.Random | None = None) -> float:
     """Exponential back-off with full jitter (AWS architecture blog): uniform in [d/2, d]."""
-    ceiling = min(settings.max_delay, settings.base_delay * (2 ** max(0, attempts - 1)))
+    # The exponent is bounded before it meets a float (2.0 * 2**1024 overflows): with a large
+    # max_attempts ("retry for days") the cap must still hold instead of raising OverflowError.
+    doublings = min(max(0, attempts - 1), 64)
+    ceiling = min(settings.max_delay, settings.base_delay * (2**doublings))
     return (rng or random).uniform(ceiling / 2, ceiling)
 
 
@@ -85,7 +91,8 @@ class _Job:
     outbox_id: int
     message_id: int
     channel: str
-    attempts: int
+    attempts: int  # including the attempt this job is
+    conversation_id: int
 
 
 class Dispatcher:
@@ -120,6 +127,9 @@ class Dispatcher:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the pass, not after it: a wake-up that arrives during the pass (a reply
+            # committed after the claim query looked) must cut the next wait short, not be lost.
+            self._wake.clear()
             try:
                 worked = await self.run_once()
             except asyncio.CancelledError:
@@ -129,15 +139,30 @@ class Dispatcher:
                 worked = 0
             if worked:
                 continue
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
 
     async def run_once(self) -> int:
-        """Claim the due rows and deliver them; returns how many were handled."""
+        """Claim the due rows and deliver them; returns how many were handled.
+
+        Replies to different conversations go out concurrently; replies within one conversation go
+        out one after the other, oldest first, so the customer reads them in the order written.
+        """
         jobs = await self._claim()
-        if jobs:
-            await asyncio.gather(*(self._deliver(job) for job in jobs))
+        by_conversation: dict[int, list[_Job]] = {}
+        for job in jobs:
+            by_conversation.setdefault(job.conversation_id, []).append(job)
+
+        async def in_order(group: list[_Job]) -> None:
+            for job in sorted(group, key=lambda j: j.message_id):
+                await self._deliver(job)
+
+        outcomes = await asyncio.gather(
+            *(in_order(g) for g in by_conversation.values()), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                log.error("outbox delivery failed: %r", outcome)
         return len(jobs)
 
     async def _claim(self) -> list[_Job]:
@@ -161,6 +186,9 @@ class Dispatcher:
                 .where(OutboxRow.id.in_(due.scalar_subquery()))
                 .values(
                     status=OutboxStatus.SENDING,
+                    # Counted when claimed, not when finished: a reply whose sending kills the process
+                    # still uses up its attempts instead of being retried for ever.
+                    attempts=OutboxRow.attempts + 1,
                     claimed_by=self.worker_id,
                     claimed_until=now + timedelta(seconds=self.settings.lease),
                     updated_at=now,
@@ -168,7 +196,14 @@ class Dispatcher:
                 .returning(OutboxRow.id, OutboxRow.message_id, OutboxRow.channel, OutboxRow.attempts)
                 .execution_options(synchronize_session=False)
             )
-            return [_Job(r.id, r.message_id, r.channel, r.attempts) for r in rows]
+            claimed = [(r.id, r.message_id, r.channel, r.attempts) for r in rows]
+            if not claimed:
+                return []
+            rows = await s.execute(
+                select(Message.id, Message.conversation_id).where(Message.id.in_([c[1] for c in claimed]))
+            )
+            conversations = {r.id: r.conversation_id for r in rows}
+            return [_Job(i, m, ch, a, conversations[m]) for i, m, ch, a in claimed]
 
     async def _outbound(self, job: _Job) -> OutboundMessage:
         async with self.db.read() as s:
@@ -193,20 +228,30 @@ class Dispatcher:
         )
 
     async def _deliver(self, job: _Job) -> None:
-        attempts = job.attempts + 1
+        attempts = job.attempts
+        if attempts > self.settings.max_attempts:
+            # Earlier attempts never finished (the process died while sending): stop here.
+            await self._fail(job, attempts - 1, f"gave up after {attempts - 1} attempts that never finished")
+            return
         channel = self.channels().get(job.channel)
         try:
             if channel is None:
                 raise PermanentError(f"channel {job.channel!r} is not configured on this hub")
             outbound = await self._outbound(job)
-            result = await channel.send(outbound)
+            try:
+                result = await asyncio.wait_for(channel.send(outbound), self.settings.send_timeout)
+            except TimeoutError:
+                raise TransientError(
+                    f"no answer from the channel within {self.settings.send_timeout:g} s"
+                ) from None
         except TransientError as exc:
             if attempts >= self.settings.max_attempts:
                 await self._fail(job, attempts, f"gave up after {attempts} attempts: {exc}")
             else:
-                delay = (
-                    exc.retry_after if exc.retry_after is not None else backoff_delay(attempts, self.settings)
-                )
+                delay = backoff_delay(attempts, self.settings)
+                if exc.retry_after is not None:
+                    # The remote side said when; still never beyond our own ceiling.
+                    delay = min(max(0.0, exc.retry_after), self.settings.max_delay)
                 await self._retry(job, attempts, str(exc), delay)
         except PermanentError as exc:
             await self._fail(job, attempts, str(exc))
@@ -230,6 +275,7 @@ class Dispatcher:
         values: dict[str, Any],
         message_values: dict[str, Any] | None,
         events: list[EventRecord],
+        external_id: str | None = None,
     ) -> None:
         async with self.db.write() as s:
             done = await s.execute(
@@ -247,6 +293,8 @@ class Dispatcher:
             ).one()
             if message_values:
                 await s.execute(update(Message).where(Message.id == job.message_id).values(**message_values))
+            if external_id:
+                await self._keep_external_id(s, job.message_id, external_id)
             stored = await append_events(
                 s,
                 [
@@ -263,6 +311,22 @@ class Dispatcher:
             )
         self.bus.publish(stored)
 
+    @staticmethod
+    async def _keep_external_id(s: AsyncSession, message_id: int, external_id: str) -> None:
+        """Store the channel's id of a delivered reply unless another message already holds it.
+
+        ``(channel, external_id)`` is ingest's idempotency key, so the id may be taken (the mailbox
+        copy of a sent email ingested first). The clash is confined to a savepoint: failing the
+        whole finish would leave the row claimed, and the delivered reply be sent again every lease.
+        """
+        try:
+            async with s.begin_nested():
+                await s.execute(
+                    update(Message).where(Message.id == message_id).values(external_id=external_id)
+                )
+        except IntegrityError:
+            log.warning("message %s: its channel id belongs to another message; not stored", message_id)
+
     async def _succeed(self, job: _Job, attempts: int, result: SendResult) -> None:
         now = utcnow()
         status = MessageStatus.DELIVERED if result.delivered else MessageStatus.SENT
@@ -277,9 +341,6 @@ class Dispatcher:
         ]
         if result.delivered:
             events.append(new_event(EventType.MESSAGE_DELIVERED, at=now, channel=job.channel))
-        message_values: dict[str, Any] = {"status": status.value, "error": None}
-        if result.external_id:
-            message_values["external_id"] = result.external_id
         await self._finish(
             job,
             {
@@ -289,8 +350,9 @@ class Dispatcher:
                 "updated_at": now,
                 "last_error": None,
             },
-            message_values,
+            {"status": status.value, "error": None},
             events,
+            result.external_id,
         )
 
     async def _retry(self, job: _Job, attempts: int, error: str, delay: float) -> None:
