@@ -17,7 +17,7 @@ from hub.errors import UserError
 from hub.events import EventBus, EventRecord, EventType, append_events, new_event
 from hub.model import ConversationStatus, Direction, MessageStatus, Role, utcnow
 from hub.outbox import enqueue
-from hub.timeline import message_json, not_found
+from hub.timeline import ID_RANGE, message_json, not_found
 from storage.engine import Database
 from storage.models import Agent, Conversation, Message
 
@@ -151,13 +151,20 @@ class Conversations:
         if not changes:
             raise UserError("empty_patch", "give at least one of status, assignee_id, priority")
         status = changes.get("status")
-        if "status" in changes and status not in {s.value for s in ConversationStatus}:
+        # The type check comes first: a list or an object is unhashable and `in` on a set would raise.
+        if "status" in changes and (
+            type(status) is not str or status not in {s.value for s in ConversationStatus}
+        ):
             raise UserError("invalid_status", "status must be one of open, pending, snoozed, resolved")
         priority = changes.get("priority")
         if "priority" in changes and (type(priority) is not int or priority not in PRIORITIES):
             raise UserError("invalid_priority", "priority must be an integer from 0 (none) to 4 (urgent)")
         assignee = changes.get("assignee_id")
-        if "assignee_id" in changes and assignee is not None and type(assignee) is not int:
+        if (
+            "assignee_id" in changes
+            and assignee is not None
+            and (type(assignee) is not int or assignee not in ID_RANGE)
+        ):
             raise UserError("invalid_assignee", "assignee_id must be an agent id or null")
         now = utcnow()
         async with self.db.write() as s:

@@ -17,6 +17,9 @@ from storage.engine import Database
 from storage.models import Agent, AttachmentRow, Contact, ContactIdentity, Conversation, Event, Message
 
 MAX_PAGE = 200
+# Every id column is a signed 64-bit integer. A larger number names nothing, and handed to the
+# driver it raises (OverflowError on SQLite, DataError on PostgreSQL) instead of finding nothing.
+ID_RANGE = range(-(2**63), 2**63)
 
 
 def not_found(what: str, ident: int) -> UserError:
@@ -87,9 +90,12 @@ class Timeline:
             q = q.where(Conversation.assignee_id.is_(None))
         elif assignee != "all":
             try:
-                q = q.where(Conversation.assignee_id == int(assignee))
+                assignee_id = int(assignee)
             except ValueError:
-                raise UserError("invalid_assignee", "assignee must be me, none, all or an agent id") from None
+                assignee_id = ID_RANGE.stop
+            if assignee_id not in ID_RANGE:
+                raise UserError("invalid_assignee", "assignee must be me, none, all or an agent id")
+            q = q.where(Conversation.assignee_id == assignee_id)
         if channel:
             q = q.where(Conversation.channel == channel)
         async with self.db.read() as s:
@@ -339,4 +345,4 @@ class Timeline:
         return (row.id, row.assignee_id) if row else None
 
 
-__all__ = ["Timeline", "message_json", "not_found"]
+__all__ = ["ID_RANGE", "Timeline", "message_json", "not_found"]

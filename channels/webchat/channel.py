@@ -45,6 +45,27 @@ def _error(status: int, error: str, detail: str, headers: Mapping[str, str] | No
     return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
 
 
+def _json_object(raw: str | bytes) -> dict[str, Any] | None:
+    """``raw`` parsed as a JSON object of real text, else None.
+
+    Refused besides non-objects: nesting deep enough to exhaust the parser's recursion (it would
+    kill the socket's handler) and unpaired surrogate escapes such as ``"\\ud800"``, which are valid
+    JSON but not text: no database stores them, and since ingest commits messages in groups, one
+    such message would fail the messages of every other visitor in its batch.
+    """
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return data
+
+
 def _frame(entry: TimelineEntry) -> dict[str, Any]:
     return {
         "message_id": entry.message_id,
@@ -129,12 +150,9 @@ class WebChatChannel(BaseChannel):
         cors = self._cors(request)
         if not self._origin_allowed(request):
             return _error(403, "origin_not_allowed", "this site may not embed the chat widget", cors)
-        try:
-            body = await request.json() if request.can_read_body else {}
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "invalid_json", "the body must be a JSON object", cors)
-        if not isinstance(body, dict):
-            return _error(400, "invalid_json", "the body must be a JSON object", cors)
+        body = _json_object(await request.read()) if request.can_read_body else {}
+        if body is None:
+            return _error(400, "invalid_json", "the body must be a JSON object of UTF-8 text", cors)
         fields = {k: body.get(k) for k in ("name", "email", "user_id", "user_hash")}
         for key, value in fields.items():
             if value is not None and (not isinstance(value, str) or len(value) > 320):
@@ -178,13 +196,9 @@ class WebChatChannel(BaseChannel):
             last_typing = 0.0
             async for frame in ws:
                 if frame.type == WSMsgType.TEXT:
-                    try:
-                        data = json.loads(frame.data)
-                    except ValueError:
-                        await self._send_error(ws, "invalid_json", "frames must be JSON objects")
-                        continue
-                    if not isinstance(data, dict):
-                        await self._send_error(ws, "invalid_json", "frames must be JSON objects")
+                    data = _json_object(frame.data)
+                    if data is None:
+                        await self._send_error(ws, "invalid_json", "frames must be JSON objects of text")
                     elif data.get("type") == "message":
                         await self._on_message(visitor, ws, data)
                     elif data.get("type") == "typing":

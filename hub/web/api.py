@@ -10,6 +10,7 @@ from hub.access import Principal
 from hub.auth import generate_password
 from hub.errors import UserError
 from hub.model import Role
+from hub.timeline import ID_RANGE
 from hub.web.security import COOKIE, TOKEN, authenticate, json_body
 
 if TYPE_CHECKING:
@@ -32,16 +33,22 @@ def int_param(request: web.Request, name: str, default: int | None = None) -> in
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
-        raise UserError("invalid_parameter", f"{name} must be an integer") from None
+        value = ID_RANGE.stop
+    if value not in ID_RANGE:
+        raise UserError("invalid_parameter", f"{name} must be a 64-bit integer")
+    return value
 
 
 def path_id(request: web.Request, name: str = "id") -> int:
     try:
-        return int(request.match_info[name])
+        value = int(request.match_info[name])
     except ValueError:
-        raise UserError("not_found", f"{name} must be an integer", status=404) from None
+        value = ID_RANGE.stop
+    if value not in ID_RANGE:
+        raise UserError("not_found", f"{name} must be a 64-bit integer", status=404)
+    return value
 
 
 async def healthz(request: web.Request) -> web.Response:

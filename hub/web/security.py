@@ -101,7 +101,18 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if not raw:
         raise UserError("invalid_json", "the body must be a JSON object")
     text = raw.decode("utf-8")
-    body = json.loads(text)
+    try:
+        body = json.loads(text)
+    except RecursionError:
+        raise UserError("invalid_json", "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise UserError("invalid_json", "the body must be a JSON object")
+    try:
+        # JSON can spell unpaired UTF-16 surrogates ("\ud800"). They are not text: no database can
+        # store them and argon2 cannot hash them, so they would surface later as a 500.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(
+            "invalid_unicode", "the body contains an unpaired surrogate (\\ud800-\\udfff)"
+        ) from None
     return body
