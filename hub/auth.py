@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from datetime import timedelta
@@ -19,8 +20,12 @@ from storage.engine import Database
 from storage.models import Agent, ApiToken
 
 _hasher = PasswordHasher()
-# Verifying against this keeps a login for an unknown email as slow as one with a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verifying against this keeps a login for an unknown email as slow as one with a wrong password."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def generate_password() -> str:
@@ -87,7 +92,7 @@ class Accounts:
                 await s.execute(select(Agent).where(Agent.email == email, Agent.active))
             ).scalar_one_or_none()
         try:
-            _hasher.verify(agent.password_hash if agent else _DUMMY_HASH, password)
+            _hasher.verify(agent.password_hash if agent else _dummy_hash(), password)
         except (VerificationError, InvalidHashError):
             agent = None
         if agent is None:

@@ -19,6 +19,11 @@ class PermanentError(ChannelError):
     """Never retry; the message is marked failed and the agent sees this text."""
 
 
+class IngestRefused(ValueError):
+    """An inbound message that can never be stored (bad address, oversized attachment, text that is
+    not Unicode); a channel tells its sender this reason instead of retrying."""
+
+
 class UserError(Exception):
     """Bad input from a person or API client; becomes a 4xx JSON answer."""
 

@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.attachments import AttachmentStore
+from hub.errors import IngestRefused
 from hub.events import EventBus, EventRecord, EventType, append_events, new_event
 from hub.identity import InvalidAddress, normalise
 from hub.model import (
@@ -46,10 +47,6 @@ from storage.models import AttachmentRow, Contact, ContactIdentity, Conversation
 log = logging.getLogger(__name__)
 
 IngestListener = Callable[[Sequence[IngestResult]], Awaitable[None]]
-
-
-class IngestRefused(ValueError):
-    """The message can never be stored (bad address, oversized attachment); tell the sender why."""
 
 
 @dataclass(slots=True)
@@ -99,10 +96,15 @@ class Ingest:
     def _prepare(self, msg: InboundMessage) -> _Pending:
         if not msg.external_id:
             raise IngestRefused("the channel gave no external id; ingest cannot be idempotent without one")
+        if len(msg.external_id) > 500:
+            raise IngestRefused("the channel's message id is longer than 500 characters")
         if len(msg.text) > self.settings.max_text_chars:
             raise IngestRefused(
                 f"message is {len(msg.text)} characters; the limit is {self.settings.max_text_chars}"
             )
+        for field_name, value in (("text", msg.text), ("sender name", msg.sender_name), ("html", msg.html)):
+            if value is not None and not _encodable(value):
+                raise IngestRefused(f"the {field_name} is not valid Unicode (it holds a lone surrogate)")
         try:
             address = normalise(msg.identity_kind, msg.sender, default_region=self.settings.default_region)
         except InvalidAddress as exc:
@@ -136,22 +138,27 @@ class Ingest:
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         try:
             results, events = await self._store(batch)
-        except IntegrityError:
-            # Another process committed one of these keys (or an identity) meanwhile: go one by one.
+        except Exception as exc:
+            if len(batch) == 1 and not isinstance(exc, IntegrityError):
+                log.exception("ingest of one message failed")
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+                return
+            # Another process committed one of these keys (or an identity) meanwhile, or one message
+            # the database will not take: go one by one, so each sender hears only of its own message.
+            if not isinstance(exc, IntegrityError):
+                log.warning(
+                    "ingest batch of %d failed (%s); storing its messages one by one", len(batch), exc
+                )
             results, events = [], []
             for item in batch:
                 try:
                     r, e = await self._store_with_retry([item])
-                except Exception as exc:
-                    r, e = [exc], []
+                except Exception as one_exc:
+                    log.exception("ingest of one message failed")
+                    r, e = [one_exc], []
                 results.extend(r)
                 events.extend(e)
-        except Exception as exc:
-            log.exception("ingest batch of %d failed", len(batch))
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return
         self.batches += 1
         self.bus.publish(events)
         stored: list[IngestResult] = []
@@ -244,7 +251,7 @@ async def _store_batch(
                     "status": MessageStatus.RECEIVED.value,
                     "agent_id": None,
                     "sender": p.address,
-                    "author_name": p.msg.sender_name,
+                    "author_name": _clip(p.msg.sender_name, 200),
                     "text": p.msg.text,
                     "html": p.html,
                     "error": None,
@@ -328,6 +335,19 @@ _TOUCH_CONVERSATION = (
 )
 
 
+def _clip(text: str | None, limit: int) -> str | None:
+    """Display fields (names, subjects) are cut to their column, never a reason to lose a message."""
+    return text[: limit - 1] + "…" if text is not None and len(text) > limit else text
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 async def _custom_plans(session: AsyncSession, on: bool) -> None:
     """Plan the batch lookups for their actual IN lists (PostgreSQL only).
 
@@ -381,7 +401,7 @@ async def _resolve_contacts(
             [
                 {
                     "id": contact_id,
-                    "name": wanted[key].msg.sender_name,
+                    "name": _clip(wanted[key].msg.sender_name, 200),
                     "attributes": dict(wanted[key].msg.contact_attributes),
                     "merged_into_id": None,
                     "created_at": now,
@@ -480,7 +500,7 @@ async def _resolve_conversations(
                     "status": ConversationStatus.OPEN.value,
                     "assignee_id": None,
                     "priority": 0,
-                    "subject": pairs[key].msg.thread.subject,
+                    "subject": _clip(pairs[key].msg.thread.subject, 500),
                     "created_at": now,
                     "updated_at": now,
                     "last_message_at": pairs[key].msg.received_at,

@@ -28,6 +28,7 @@ from channels.webchat.tokens import (
     new_visitor_id,
     verified_visitor_id,
 )
+from hub.errors import IngestRefused
 from hub.model import (
     Direction,
     IdentityKind,
@@ -262,7 +263,7 @@ class WebChatChannel(BaseChannel):
         assert self.host is not None
         try:
             result = await self.host.ingest(msg)
-        except ValueError as exc:  # refused: tell the visitor why
+        except IngestRefused as exc:  # never storable: tell the visitor why
             await self._send_error(ws, "refused", str(exc), client_id)
             return
         except Exception:

@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import func, select, update
 
 from hub.app import Hub
+from hub.errors import IngestRefused
 from hub.events import EventBus
-from hub.ingest import Ingest, IngestRefused
+from hub.ingest import Ingest
 from hub.model import Attachment, ConversationStatus, IdentityKind, InboundMessage, ThreadHints, utcnow
 from storage.engine import Database
 from storage.models import AttachmentRow, Contact, ContactIdentity, Conversation, Event, Message
@@ -246,3 +247,32 @@ async def test_resolved_after_the_quiet_period_starts_a_new_conversation(hub: Hu
     async with hub.db.read() as s:
         old = await s.get(Conversation, a.conversation_id)
     assert old is not None and old.status == "resolved"
+
+
+async def test_text_that_is_not_unicode_is_refused(hub: Hub) -> None:
+    with pytest.raises(IngestRefused, match="not valid Unicode"):
+        await hub.ingest(chat("v-u", "c", text="broken \ud800 text"))
+    assert await count(hub.db, Message) == 0
+
+
+async def test_one_unstorable_message_fails_alone(hub: Hub) -> None:
+    """A message the database refuses fails only its own sender; the rest of its batch is stored."""
+    bad = chat("v-bad", "c", contact_attributes={"not json": object()})
+    good = [chat(f"v-good{i}", "c") for i in range(8)]
+    outcomes = await asyncio.gather(
+        *(hub.ingest(m) for m in [*good[:4], bad, *good[4:]]), return_exceptions=True
+    )
+    assert isinstance(outcomes[4], BaseException)
+    assert all(not isinstance(o, BaseException) for i, o in enumerate(outcomes) if i != 4)
+    assert await count(hub.db, Message) == 8
+
+
+async def test_long_display_fields_are_clipped_not_lost(hub: Hub) -> None:
+    r = await hub.ingest(chat("v-long", "c", sender_name="N" * 400, thread=ThreadHints(subject="S" * 900)))
+    async with hub.db.read() as s:
+        message = await s.get(Message, r.message_id)
+        conv = await s.get(Conversation, r.conversation_id)
+        contact = await s.get(Contact, r.contact_id)
+    assert message is not None and conv is not None and contact is not None
+    assert len(message.author_name or "") == 200 and (message.author_name or "").endswith("…")
+    assert len(contact.name or "") == 200 and len(conv.subject or "") == 500
