@@ -185,7 +185,8 @@ class WebChatChannel(BaseChannel):
         try:
             visitor = self.signer.verify(request.query.get("token", ""))
         except TokenError as exc:
-            return _error(401, "invalid_token", str(exc))
+            # Readable cross-origin, so a widget on another site learns to start a new session.
+            return _error(401, "invalid_token", str(exc), self._cors(request))
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=self.max_frame_bytes)
         await ws.prepare(request)
         sockets = self._sockets.setdefault(visitor.id, set())

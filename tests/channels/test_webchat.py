@@ -444,3 +444,11 @@ async def test_new_message_reopens_a_resolved_conversation(live: Live, make_agen
     assert await count_rows(live.hub, Conversation) == 1
     assert await count_rows(live.hub, Event, Event.type == "conversation.status_changed") == 2
     await watcher.close()
+
+
+async def test_a_refused_token_is_readable_from_the_embedding_site(live: Live) -> None:
+    """The widget on another site must be able to read the 401 to start a new session."""
+    headers = {"Origin": "https://shop.example"}
+    async with live.http.get(f"{live.base}/webchat/ws", params={"token": "expired"}, headers=headers) as r:
+        assert r.status == 401
+        assert r.headers["Access-Control-Allow-Origin"] == "https://shop.example"
