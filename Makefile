@@ -11,7 +11,7 @@ help:
 	@echo "make run    install into $(VENV) and start the hub on http://127.0.0.1:8080 (SQLite in ./var)"
 	@echo "make test   install test dependencies and peers, then run the whole suite"
 	@echo "make bench  run the benchmarks (JSON lines)"
-	@echo "make lint   ruff"
+	@echo "make lint   ruff and mypy"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,13 @@ peers:
 
 test: $(DEV) peers
 	$(BIN)/ruff check .
+	$(BIN)/mypy hub channels storage routing
 	$(BIN)/python -m pytest
 
 lint: $(DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy hub channels storage routing
 
 bench: $(DEV)
 	$(BIN)/python -m bench

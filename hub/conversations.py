@@ -8,9 +8,9 @@ will be sent.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from hub.access import Principal, may_see_conversation
 from hub.errors import UserError
@@ -192,7 +192,7 @@ class Conversations:
                     .values(assignee_id=assignee, updated_at=now)
                     .execution_options(synchronize_session=False)
                 )
-                if done.rowcount != 1:
+                if cast(CursorResult[Any], done).rowcount != 1:
                     raise UserError(
                         "conflict", "the conversation was reassigned meanwhile; reload", status=409
                     )
@@ -203,7 +203,7 @@ class Conversations:
                 pending.append(self._assigned_event(conv, previous, who_to, now, reason="manual", by=who.id))
             if "status" in changes and status != conv.status:
                 previous_status = conv.status
-                conv.status = status
+                conv.status = str(status)
                 conv.resolved_at = now if status == ConversationStatus.RESOLVED.value else None
                 pending.append(
                     new_event(
@@ -230,7 +230,7 @@ class Conversations:
                         assignee_id=conv.assignee_id,
                     )
                 )
-                conv.priority = priority
+                conv.priority = int(cast(int, priority))
             conv.updated_at = now
             events = await append_events(s, pending)
         self.bus.publish(events)

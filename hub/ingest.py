@@ -21,9 +21,10 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import cast
 
 import nh3
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import Table, bindparam, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -260,8 +261,8 @@ async def _store_batch(
                 }
             )
         message_ids = await allocate_ids(session, Message, len(message_rows))
-        for row, message_id in zip(message_rows, message_ids, strict=True):
-            row["id"] = message_id
+        for message_row, message_id in zip(message_rows, message_ids, strict=True):
+            message_row["id"] = message_id
         await insert_rows(session, Message, message_rows)
         attachment_rows = []
         for i, message_id in zip(fresh, message_ids, strict=True):
@@ -295,7 +296,7 @@ async def _store_batch(
                     }
                 )
         if attachment_rows:
-            await session.execute(insert(AttachmentRow.__table__), attachment_rows)
+            await insert_rows(session, AttachmentRow, attachment_rows)
         touched = {id(c): c for c in conversations.values()}.values()
         await session.execute(
             _TOUCH_CONVERSATION,
@@ -323,9 +324,10 @@ async def _store_batch(
 
 # One executemany for every conversation a batch touched (a Core statement: the ORM's bulk-update
 # path costs more Python per row than the database spends on it).
+_CONVERSATIONS = cast(Table, Conversation.__table__)
 _TOUCH_CONVERSATION = (
-    update(Conversation.__table__)
-    .where(Conversation.__table__.c.id == bindparam("conv_id"))
+    update(_CONVERSATIONS)
+    .where(_CONVERSATIONS.c.id == bindparam("conv_id"))
     .values(
         status=bindparam("new_status"),
         last_message_at=bindparam("new_last"),
@@ -356,7 +358,7 @@ async def _custom_plans(session: AsyncSession, on: bool) -> None:
     per batch). Forcing custom plans for the whole session would instead re-plan every row of the
     batch inserts, so it is switched on for the lookups only.
     """
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         mode = "force_custom_plan" if on else "auto"
         await session.execute(text(f"SET LOCAL plan_cache_mode = {mode}"))
 
@@ -396,8 +398,9 @@ async def _resolve_contacts(
     missing = [key for key in wanted if key not in found]
     if missing:
         contact_ids = await allocate_ids(session, Contact, len(missing))
-        await session.execute(
-            insert(Contact.__table__),
+        await insert_rows(
+            session,
+            Contact,
             [
                 {
                     "id": contact_id,
@@ -415,8 +418,9 @@ async def _resolve_contacts(
             events.append(
                 new_event(EventType.CONTACT_CREATED, at=now, contact_id=contact_id, identity=list(key))
             )
-        await session.execute(
-            insert(ContactIdentity.__table__),
+        await insert_rows(
+            session,
+            ContactIdentity,
             [{"contact_id": found[k], "kind": k[0], "value": k[1], "created_at": now} for k in missing],
         )
     return found
@@ -488,8 +492,9 @@ async def _resolve_conversations(
     missing = [key for key in pairs if key not in latest]
     if missing:
         conversation_ids = await allocate_ids(session, Conversation, len(missing))
-        await session.execute(
-            insert(Conversation.__table__),
+        await insert_rows(
+            session,
+            Conversation,
             [
                 {
                     "id": conv_id,

@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import CursorResult, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -281,7 +281,7 @@ class Dispatcher:
             done = await s.execute(
                 self._fenced(job).values(**values).execution_options(synchronize_session=False)
             )
-            if done.rowcount != 1:
+            if cast(CursorResult[Any], done).rowcount != 1:
                 log.warning("outbox row %s was taken over by another dispatcher; leaving it", job.outbox_id)
                 return
             conv = (

@@ -23,7 +23,7 @@ async def allocate_ids(session: AsyncSession, model: type[Base], n: int) -> list
     if n <= 0:
         return []
     table: Table = model.__table__  # type: ignore[assignment]
-    if session.bind.dialect.name == "sqlite":
+    if session.get_bind().dialect.name == "sqlite":
         top = (await session.execute(select(func.coalesce(func.max(table.c.id), 0)))).scalar_one()
         return list(range(top + 1, top + 1 + n))
     rows = await session.execute(

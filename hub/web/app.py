@@ -70,7 +70,8 @@ def make_app(hub: Hub) -> web.Application:
 
 async def _close_live_sockets(app: web.Application) -> AsyncIterator[None]:
     yield
-    sockets = list(app[LIVE_SOCKETS])
+    open_sockets: set[web.WebSocketResponse] = app[LIVE_SOCKETS]
+    sockets = list(open_sockets)
     await asyncio.gather(
         *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for ws in sockets),
         return_exceptions=True,

@@ -26,7 +26,7 @@ from hub.web.api import HUB, principal
 from hub.web.security import TOKEN
 
 log = logging.getLogger(__name__)
-LIVE_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("live_sockets", set)
+LIVE_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("live_sockets")
 # Longest a socket keeps pushing events on a session it has not read again.
 SESSION_RECHECK_SECONDS = 5.0
 
