@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from hub.model import utcnow
 from storage.bulk import insert_rows
@@ -92,7 +93,14 @@ async def append_events(session: AsyncSession, events: Iterable[EventRecord]) ->
     pending = list(events)
     if not pending:
         return []
-    ids = await allocate_ids(session, Event, len(pending))
+    return await session.run_sync(record_events, pending)
+
+
+def record_events(session: Session, pending: list[EventRecord]) -> list[EventRecord]:
+    """:func:`append_events` for synchronous code (a batch running in :meth:`Database.run_write`)."""
+    if not pending:
+        return []
+    ids = allocate_ids(session, Event, len(pending))
     rows = [
         {
             "id": i,
@@ -106,7 +114,7 @@ async def append_events(session: AsyncSession, events: Iterable[EventRecord]) ->
         }
         for i, e in zip(ids, pending, strict=True)
     ]
-    await insert_rows(session, Event, rows)
+    insert_rows(session, Event, rows)
     return [
         EventRecord(
             id=i,

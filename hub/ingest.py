@@ -21,16 +21,15 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import cast
 
 import nh3
-from sqlalchemy import Table, bindparam, select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from hub.attachments import AttachmentStore
 from hub.errors import IngestRefused
-from hub.events import EventBus, EventRecord, EventType, append_events, new_event
+from hub.events import EventBus, EventRecord, EventType, new_event, record_events
 from hub.identity import InvalidAddress, normalise
 from hub.model import (
     ConversationStatus,
@@ -40,7 +39,7 @@ from hub.model import (
     MessageStatus,
     utcnow,
 )
-from storage.bulk import insert_rows
+from storage.bulk import insert_rows, update_rows
 from storage.engine import Database
 from storage.ids import allocate_ids
 from storage.models import AttachmentRow, Contact, ContactIdentity, Conversation, Message
@@ -192,24 +191,26 @@ class Ingest:
     async def _store(
         self, batch: list[_Pending]
     ) -> tuple[list[IngestResult | BaseException], list[EventRecord]]:
-        async with self.db.write() as session:
-            return await _store_batch(session, batch, self.settings.reopen_within)
+        reopen_within = self.settings.reopen_within
+        return await self.db.run_write(lambda session: _store_batch(session, batch, reopen_within))
 
 
-async def _store_batch(
-    session: AsyncSession, batch: list[_Pending], reopen_within: timedelta
+def _store_batch(
+    session: Session, batch: list[_Pending], reopen_within: timedelta
 ) -> tuple[list[IngestResult | BaseException], list[EventRecord]]:
+    """The whole batch in one transaction. Synchronous: on SQLite it runs on the writer thread in one
+    hand-off (see ``Database.run_write``). It must not touch the asyncio futures of ``batch``."""
     now = utcnow()
     results: list[IngestResult | BaseException | None] = [None] * len(batch)
     events: list[EventRecord] = []
 
     # 1. Replays: keys already stored, and keys repeated inside this batch.
     keys = {(p.msg.channel, p.msg.external_id) for p in batch}
-    await _custom_plans(session, True)
+    _custom_plans(session, True)
     stored: dict[tuple[str, str | None], IngestResult] = {}
     # One IN list per channel rather than a row-value IN: SQLite only uses the unique index that way.
     for channel in {c for c, _ in keys}:
-        rows = await session.execute(
+        rows = session.connection().execute(
             select(Message.id, Message.conversation_id, Message.contact_id, Message.external_id).where(
                 Message.channel == channel, Message.external_id.in_([e for c, e in keys if c == channel])
             )
@@ -231,11 +232,11 @@ async def _store_batch(
             fresh.append(i)
 
     if fresh:
-        contacts = await _resolve_contacts(session, [batch[i] for i in fresh], now, events)
-        conversations = await _resolve_conversations(
+        contacts = _resolve_contacts(session, [batch[i] for i in fresh], now, events)
+        conversations = _resolve_conversations(
             session, [batch[i] for i in fresh], contacts, now, reopen_within, events
         )
-    await _custom_plans(session, False)
+    _custom_plans(session, False)
     if fresh:
         message_rows = []
         for i in fresh:
@@ -260,10 +261,10 @@ async def _store_batch(
                     "created_at": p.msg.received_at,
                 }
             )
-        message_ids = await allocate_ids(session, Message, len(message_rows))
+        message_ids = allocate_ids(session, Message, len(message_rows))
         for message_row, message_id in zip(message_rows, message_ids, strict=True):
             message_row["id"] = message_id
-        await insert_rows(session, Message, message_rows)
+        insert_rows(session, Message, message_rows)
         attachment_rows = []
         for i, message_id in zip(fresh, message_ids, strict=True):
             p = batch[i]
@@ -296,17 +297,19 @@ async def _store_batch(
                     }
                 )
         if attachment_rows:
-            await insert_rows(session, AttachmentRow, attachment_rows)
+            insert_rows(session, AttachmentRow, attachment_rows)
         touched = {id(c): c for c in conversations.values()}.values()
-        await session.execute(
-            _TOUCH_CONVERSATION,
+        update_rows(
+            session,
+            Conversation,
+            "id",
             [
                 {
-                    "conv_id": c.id,
-                    "new_status": c.status,
-                    "new_last": c.last_message_at,
-                    "new_updated": now,
-                    "new_resolved": c.resolved_at,
+                    "id": c.id,
+                    "status": c.status,
+                    "last_message_at": c.last_message_at,
+                    "updated_at": now,
+                    "resolved_at": c.resolved_at,
                 }
                 for c in touched
             ],
@@ -318,23 +321,8 @@ async def _store_batch(
             assert isinstance(first, IngestResult)
             results[i] = IngestResult(first.message_id, first.conversation_id, first.contact_id, True)
 
-    recorded = await append_events(session, events)
+    recorded = record_events(session, events)
     return [r for r in results if r is not None], recorded
-
-
-# One executemany for every conversation a batch touched (a Core statement: the ORM's bulk-update
-# path costs more Python per row than the database spends on it).
-_CONVERSATIONS = cast(Table, Conversation.__table__)
-_TOUCH_CONVERSATION = (
-    update(_CONVERSATIONS)
-    .where(_CONVERSATIONS.c.id == bindparam("conv_id"))
-    .values(
-        status=bindparam("new_status"),
-        last_message_at=bindparam("new_last"),
-        updated_at=bindparam("new_updated"),
-        resolved_at=bindparam("new_resolved"),
-    )
-)
 
 
 def _clip(text: str | None, limit: int) -> str | None:
@@ -350,7 +338,7 @@ def _encodable(text: str) -> bool:
     return True
 
 
-async def _custom_plans(session: AsyncSession, on: bool) -> None:
+def _custom_plans(session: Session, on: bool) -> None:
     """Plan the batch lookups for their actual IN lists (PostgreSQL only).
 
     asyncpg prepares statements, and after five runs PostgreSQL may switch to a generic plan; for
@@ -360,7 +348,7 @@ async def _custom_plans(session: AsyncSession, on: bool) -> None:
     """
     if session.get_bind().dialect.name == "postgresql":
         mode = "force_custom_plan" if on else "auto"
-        await session.execute(text(f"SET LOCAL plan_cache_mode = {mode}"))
+        session.execute(text(f"SET LOCAL plan_cache_mode = {mode}"))
 
 
 def _thread_meta(msg: InboundMessage) -> dict[str, object]:
@@ -379,8 +367,8 @@ def _thread_meta(msg: InboundMessage) -> dict[str, object]:
     return meta
 
 
-async def _resolve_contacts(
-    session: AsyncSession, items: list[_Pending], now: datetime, events: list[EventRecord]
+def _resolve_contacts(
+    session: Session, items: list[_Pending], now: datetime, events: list[EventRecord]
 ) -> dict[tuple[str, str], int]:
     """Map each (identity kind, normalised address) to a contact, creating contacts as needed."""
     wanted: dict[tuple[str, str], _Pending] = {}
@@ -388,7 +376,7 @@ async def _resolve_contacts(
         wanted.setdefault((p.msg.identity_kind.value, p.address), p)
     found: dict[tuple[str, str], int] = {}
     for kind in {k for k, _ in wanted}:
-        rows = await session.execute(
+        rows = session.connection().execute(
             select(ContactIdentity.value, ContactIdentity.contact_id).where(
                 ContactIdentity.kind == kind, ContactIdentity.value.in_([v for k, v in wanted if k == kind])
             )
@@ -397,8 +385,8 @@ async def _resolve_contacts(
             found[(kind, row.value)] = row.contact_id
     missing = [key for key in wanted if key not in found]
     if missing:
-        contact_ids = await allocate_ids(session, Contact, len(missing))
-        await insert_rows(
+        contact_ids = allocate_ids(session, Contact, len(missing))
+        insert_rows(
             session,
             Contact,
             [
@@ -418,7 +406,7 @@ async def _resolve_contacts(
             events.append(
                 new_event(EventType.CONTACT_CREATED, at=now, contact_id=contact_id, identity=list(key))
             )
-        await insert_rows(
+        insert_rows(
             session,
             ContactIdentity,
             [{"contact_id": found[k], "kind": k[0], "value": k[1], "created_at": now} for k in missing],
@@ -435,8 +423,8 @@ class _Conv:
     resolved_at: datetime | None
 
 
-async def _resolve_conversations(
-    session: AsyncSession,
+def _resolve_conversations(
+    session: Session,
     items: list[_Pending],
     contacts: dict[tuple[str, str], int],
     now: datetime,
@@ -449,7 +437,7 @@ async def _resolve_conversations(
     for p in items:
         pairs.setdefault((contacts[(p.msg.identity_kind.value, p.address)], p.msg.channel), p)
     latest: dict[tuple[int, str], _Conv] = {}
-    rows = await session.execute(
+    rows = session.connection().execute(
         select(
             Conversation.id,
             Conversation.contact_id,
@@ -491,8 +479,8 @@ async def _resolve_conversations(
             conv.resolved_at = None
     missing = [key for key in pairs if key not in latest]
     if missing:
-        conversation_ids = await allocate_ids(session, Conversation, len(missing))
-        await insert_rows(
+        conversation_ids = allocate_ids(session, Conversation, len(missing))
+        insert_rows(
             session,
             Conversation,
             [

@@ -11,28 +11,34 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from sqlalchemy import JSON, Table
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage.models import Base, UTCDateTime
 
 
 @cache
 def _statement(
-    table: Table, columns: tuple[str, ...], dialect: str, paramstyle: str
+    table: Table, verb: str, columns: tuple[str, ...], keys: tuple[str, ...], dialect: str, paramstyle: str
 ) -> tuple[str, tuple[Any, ...]]:
-    names = ", ".join(columns)
-    if paramstyle == "qmark":
-        marks = ", ".join("?" for _ in columns)
-    else:  # numeric_dollar (asyncpg)
-        marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    converters = tuple(_converter(table.c[name].type, dialect) for name in columns)
-    return f"INSERT INTO {table.name} ({names}) VALUES ({marks})", converters
+    def mark(i: int) -> str:
+        return "?" if paramstyle == "qmark" else f"${i}"  # else numeric_dollar (asyncpg)
+
+    if verb == "insert":
+        marks = ", ".join(mark(i) for i in range(1, len(columns) + 1))
+        sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
+    else:
+        sets = ", ".join(f"{c} = {mark(i)}" for i, c in enumerate(columns, 1))
+        where = " AND ".join(f"{k} = {mark(i)}" for i, k in enumerate(keys, len(columns) + 1))
+        sql = f"UPDATE {table.name} SET {sets} WHERE {where}"
+    converters = tuple(_converter(table.c[name].type, dialect) for name in columns + keys)
+    return sql, converters
 
 
+@lru_cache(maxsize=4096)  # a batch stamps many rows with the same instant
 def _sqlite_time(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -51,15 +57,30 @@ def _converter(kind: Any, dialect: str) -> Any:
     return None
 
 
-async def insert_rows(session: AsyncSession, model: type[Base], rows: Sequence[dict[str, Any]]) -> None:
-    """INSERT every row (all with the same keys, ids included) in one executemany."""
-    if not rows:
-        return
-    conn = await session.connection()
+def insert_rows(session: Session, model: type[Base], rows: Sequence[dict[str, Any]]) -> None:
+    """INSERT every row (all with the same keys) in one executemany."""
+    if rows:
+        _executemany(session, model, "insert", tuple(rows[0]), (), rows)
+
+
+def update_rows(session: Session, model: type[Base], key: str, rows: Sequence[dict[str, Any]]) -> None:
+    """UPDATE ... WHERE ``key`` = row[key] for every row (all with the same keys) in one executemany."""
+    if rows:
+        _executemany(session, model, "update", tuple(c for c in rows[0] if c != key), (key,), rows)
+
+
+def _executemany(
+    session: Session,
+    model: type[Base],
+    verb: str,
+    columns: tuple[str, ...],
+    keys: tuple[str, ...],
+    rows: Sequence[dict[str, Any]],
+) -> None:
+    conn = session.connection()
     dialect = conn.dialect
     table: Table = model.__table__  # type: ignore[assignment]
-    columns = tuple(rows[0])
-    sql, converters = _statement(table, columns, dialect.name, dialect.paramstyle)
-    pairs = list(zip(columns, converters, strict=True))
+    sql, converters = _statement(table, verb, columns, keys, dialect.name, dialect.paramstyle)
+    pairs = list(zip(columns + keys, converters, strict=True))
     params = [tuple(row[c] if f is None else f(row[c]) for c, f in pairs) for row in rows]
-    await conn.exec_driver_sql(sql, params)
+    conn.exec_driver_sql(sql, params)

@@ -13,21 +13,33 @@ near 1,000 messages/s. Allocating ids first turns every bulk insert into one ``e
 
 from __future__ import annotations
 
-from sqlalchemy import Table, func, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Select, Table, TextClause, func, select, text
+from sqlalchemy.orm import Session
 
 from storage.models import Base
 
 
-async def allocate_ids(session: AsyncSession, model: type[Base], n: int) -> list[int]:
+def allocate_ids(session: Session, model: type[Base], n: int) -> list[int]:
+    """``n`` fresh ids for ``model``'s table, in the caller's write transaction."""
     if n <= 0:
         return []
-    table: Table = model.__table__  # type: ignore[assignment]
-    if session.get_bind().dialect.name == "sqlite":
-        top = (await session.execute(select(func.coalesce(func.max(table.c.id), 0)))).scalar_one()
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        top = int(conn.execute(_max_id(model)).scalar_one())
         return list(range(top + 1, top + 1 + n))
-    rows = await session.execute(
-        text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)"),
-        {"table": table.name, "n": n},
-    )
-    return [r[0] for r in rows]
+    return [r[0] for r in conn.execute(_next_ids(model), {"n": n})]
+
+
+@cache
+def _max_id(model: type[Base]) -> Select[Any]:
+    table: Table = model.__table__  # type: ignore[assignment]
+    return select(func.coalesce(func.max(table.c.id), 0))
+
+
+@cache
+def _next_ids(model: type[Base]) -> TextClause:
+    # The sequence PostgreSQL made for the BIGSERIAL primary key.
+    return text(f"SELECT nextval('{model.__tablename__}_id_seq') FROM generate_series(1, :n)")

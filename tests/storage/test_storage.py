@@ -12,7 +12,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
+from storage.bulk import insert_rows
 from storage.engine import Database, normalise_url
 from storage.ids import allocate_ids
 from storage.migrate import upgrade
@@ -63,11 +65,19 @@ async def test_preallocated_ids_do_not_collide_under_concurrency(database: Datab
 
     async def writer(n: int) -> list[int]:
         async with database.write() as s:
-            ids = await allocate_ids(s, Event, 50)
+            ids = await s.run_sync(allocate_ids, Event, 50)
             await s.execute(insert(Event), [{"id": i, "type": "t", "at": now, "data": {"n": n}} for i in ids])
             return ids
 
-    batches = await asyncio.gather(*(writer(n) for n in range(8)))
+    def batch_writer(s: Session) -> list[int]:
+        """The other write path (Database.run_write), racing the async one for the same ids."""
+        ids = allocate_ids(s, Event, 50)
+        insert_rows(s, Event, [{"id": i, "type": "t", "at": now, "data": {}} for i in ids])
+        return ids
+
+    batches = await asyncio.gather(
+        *(writer(n) for n in range(4)), *(database.run_write(batch_writer) for _ in range(4))
+    )
     flat = [i for b in batches for i in b]
     assert len(set(flat)) == 400
     async with database.read() as s:
