@@ -8,6 +8,7 @@ will be sent.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
@@ -64,22 +65,7 @@ class Conversations:
                 # Answering an unassigned conversation takes it, as in every shared inbox.
                 conv.assignee_id = who.id
                 pending.append(self._assigned_event(conv, None, who, now, reason="replied"))
-            message = Message(
-                conversation_id=conv.id,
-                contact_id=conv.contact_id,
-                channel=conv.channel,
-                external_id=None,
-                direction=Direction.OUT.value,
-                status=MessageStatus.QUEUED.value,
-                agent_id=who.id,
-                sender=None,
-                author_name=who.name,
-                text=text,
-                html=None,
-                error=None,
-                meta={},
-                created_at=now,
-            )
+            message = _agent_message(conv, who, Direction.OUT, MessageStatus.QUEUED, text, now)
             s.add(message)
             conv.updated_at = now
             conv.last_message_at = now
@@ -108,22 +94,7 @@ class Conversations:
         now = utcnow()
         async with self.db.write() as s:
             conv = await self._load(s, who, conversation_id)
-            message = Message(
-                conversation_id=conv.id,
-                contact_id=conv.contact_id,
-                channel=conv.channel,
-                external_id=None,
-                direction=Direction.NOTE.value,
-                status=MessageStatus.NOTE.value,
-                agent_id=who.id,
-                sender=None,
-                author_name=who.name,
-                text=text,
-                html=None,
-                error=None,
-                meta={},
-                created_at=now,
-            )
+            message = _agent_message(conv, who, Direction.NOTE, MessageStatus.NOTE, text, now)
             s.add(message)
             conv.updated_at = now
             await s.flush()
@@ -255,6 +226,27 @@ class Conversations:
             previous_assignee_id=previous,
             reason=reason,
         )
+
+
+def _agent_message(
+    conv: Conversation, who: Principal, direction: Direction, status: MessageStatus, text: str, now: datetime
+) -> Message:
+    return Message(
+        conversation_id=conv.id,
+        contact_id=conv.contact_id,
+        channel=conv.channel,
+        external_id=None,
+        direction=direction.value,
+        status=status.value,
+        agent_id=who.id,
+        sender=None,
+        author_name=who.name,
+        text=text,
+        html=None,
+        error=None,
+        meta={},
+        created_at=now,
+    )
 
 
 def _same_owner(previous: int | None) -> Any:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import enum
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -101,46 +101,16 @@ def record_events(session: Session, pending: list[EventRecord]) -> list[EventRec
     if not pending:
         return []
     ids = allocate_ids(session, Event, len(pending))
-    rows = [
-        {
-            "id": i,
-            "type": e.type,
-            "at": e.at,
-            "conversation_id": e.conversation_id,
-            "contact_id": e.contact_id,
-            "message_id": e.message_id,
-            "agent_id": e.agent_id,
-            "data": e.data,
-        }
-        for i, e in zip(ids, pending, strict=True)
-    ]
-    insert_rows(session, Event, rows)
-    return [
-        EventRecord(
-            id=i,
-            type=e.type,
-            at=e.at,
-            conversation_id=e.conversation_id,
-            contact_id=e.contact_id,
-            message_id=e.message_id,
-            agent_id=e.agent_id,
-            data=e.data,
-        )
-        for i, e in zip(ids, pending, strict=True)
-    ]
+    stored = [replace(e, id=i) for i, e in zip(ids, pending, strict=True)]
+    insert_rows(session, Event, [{f: getattr(e, f) for f in _COLUMNS} for e in stored])
+    return stored
+
+
+_COLUMNS = ("id", "type", "at", "conversation_id", "contact_id", "message_id", "agent_id", "data")
 
 
 def record_from_row(row: Event) -> EventRecord:
-    return EventRecord(
-        id=row.id,
-        type=row.type,
-        at=row.at,
-        conversation_id=row.conversation_id,
-        contact_id=row.contact_id,
-        message_id=row.message_id,
-        agent_id=row.agent_id,
-        data=dict(row.data or {}),
-    )
+    return EventRecord(**{f: getattr(row, f) for f in _COLUMNS if f != "data"}, data=dict(row.data or {}))
 
 
 class EventBus:
