@@ -1,5 +1,6 @@
 """A PostgreSQL server for the tests: ``$HUB_TEST_DATABASE_URL``, else the one on 127.0.0.1:5432,
-else a private one started from the Debian binaries in a temporary directory."""
+else a private one started from the Debian binaries in a temporary directory (also with
+``HUB_TEST_DATABASE_URL=private``)."""
 
 from __future__ import annotations
 
@@ -111,12 +112,10 @@ def _start_private() -> PostgresServer | None:
             "-w",
             "-o",
             f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off",
+            "start",
         ],
         check=True,
         capture_output=True,
-    )
-    subprocess.run(
-        [*as_pg, f"{bindir}/pg_ctl", "-D", str(base / "data"), "status"], check=False, capture_output=True
     )
     return PostgresServer(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres", base)
 
@@ -124,6 +123,12 @@ def _start_private() -> PostgresServer | None:
 def find_postgres() -> tuple[PostgresServer | None, str]:
     """The server to use and, when there is none, why."""
     explicit = os.environ.get("HUB_TEST_DATABASE_URL")
+    if explicit == "private":  # force the private server, e.g. to test this fallback itself
+        try:
+            private = _start_private()
+        except (OSError, subprocess.CalledProcessError) as exc:
+            return None, f"a private PostgreSQL failed to start: {exc}"
+        return private, "" if private else "no PostgreSQL binaries to start a private server"
     if explicit:
         url = explicit.replace("postgresql://", "postgresql+asyncpg://", 1)
         if run_in_thread(_reachable(url)):
