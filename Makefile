@@ -13,8 +13,12 @@ help:
 	@echo "make bench  run the benchmarks (JSON lines)"
 	@echo "make lint   ruff and mypy"
 
+# Debian ships venv separately (python3-venv); install it when we can, else say what to do.
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q >/dev/null && apt-get install -y -q python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); \
+	  else echo "Python's venv module is missing: sudo apt-get install python3-venv"; exit 1; fi; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
