@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hub.model import Refused
+
 
 class ChannelError(Exception):
     """Base of errors a channel raises from ``send``."""
@@ -24,11 +26,8 @@ class IngestRefused(ValueError):
     not Unicode); a channel tells its sender this reason instead of retrying."""
 
 
-class UserError(Exception):
+class UserError(Refused):
     """Bad input from a person or API client; becomes a 4xx JSON answer."""
 
     def __init__(self, error: str, detail: str = "", status: int = 400) -> None:
-        super().__init__(f"{error}: {detail}" if detail else error)
-        self.error = error
-        self.detail = detail
-        self.status = status
+        super().__init__(error, detail, status)

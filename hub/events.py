@@ -9,83 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Any
+from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from hub.model import utcnow
+# The event vocabulary lives in hub.model so that routing, which may not import the rest of the hub,
+# can build events too; it is re-exported here for the hub's own modules.
+from hub.model import EventRecord, EventType, new_event
 from storage.bulk import insert_rows
 from storage.ids import allocate_ids
 from storage.models import Event
 
-
-class EventType(enum.StrEnum):
-    MESSAGE_RECEIVED = "message.received"
-    MESSAGE_QUEUED = "message.queued"
-    MESSAGE_SENT = "message.sent"
-    MESSAGE_DELIVERED = "message.delivered"
-    MESSAGE_FAILED = "message.failed"
-    MESSAGE_RETRYING = "message.retrying"
-    CONVERSATION_CREATED = "conversation.created"
-    CONVERSATION_ASSIGNED = "conversation.assigned"
-    CONVERSATION_STATUS_CHANGED = "conversation.status_changed"
-    CONVERSATION_PRIORITY_CHANGED = "conversation.priority_changed"
-    NOTE_ADDED = "note.added"
-    CONTACT_CREATED = "contact.created"
-    CONTACT_MERGED = "contact.merged"
-    AGENT_CREATED = "agent.created"
-
-
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """A stored event (``id`` set) or a live-only signal (``id`` is None)."""
-
-    type: str
-    at: datetime
-    id: int | None = None
-    conversation_id: int | None = None
-    contact_id: int | None = None
-    message_id: int | None = None
-    agent_id: int | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "type": self.type,
-            "at": self.at.isoformat(),
-            "conversation_id": self.conversation_id,
-            "contact_id": self.contact_id,
-            "message_id": self.message_id,
-            "agent_id": self.agent_id,
-            "data": self.data,
-        }
-
-
-def new_event(
-    type: EventType | str,
-    *,
-    at: datetime | None = None,
-    conversation_id: int | None = None,
-    contact_id: int | None = None,
-    message_id: int | None = None,
-    agent_id: int | None = None,
-    **data: Any,
-) -> EventRecord:
-    return EventRecord(
-        type=str(type),
-        at=at or utcnow(),
-        conversation_id=conversation_id,
-        contact_id=contact_id,
-        message_id=message_id,
-        agent_id=agent_id,
-        data=data,
-    )
+__all__ = ["EventBus", "EventRecord", "EventType", "append_events", "new_event", "record_events"]
 
 
 async def append_events(session: AsyncSession, events: Iterable[EventRecord]) -> list[EventRecord]:

@@ -17,6 +17,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class Refused(Exception):
+    """A request the hub's rules refuse (a conflict, a full agent, a stale offer, bad input).
+
+    It lives here, beside the model, so that routing can refuse too; the web layer answers it as
+    ``{"error", "detail"}`` with ``status``.
+    """
+
+    def __init__(self, error: str, detail: str = "", status: int = 409) -> None:
+        super().__init__(f"{error}: {detail}" if detail else error)
+        self.error = error
+        self.detail = detail
+        self.status = status
+
+
 class IdentityKind(enum.StrEnum):
     """How a contact is reached; ``(kind, value)`` is unique across contacts."""
 
@@ -140,3 +154,78 @@ class TimelineEntry:
     author: str
     at: datetime
     status: MessageStatus
+
+
+# -- the event record -----------------------------------------------------------------------
+
+
+class EventType(enum.StrEnum):
+    MESSAGE_RECEIVED = "message.received"
+    MESSAGE_QUEUED = "message.queued"
+    MESSAGE_SENT = "message.sent"
+    MESSAGE_DELIVERED = "message.delivered"
+    MESSAGE_FAILED = "message.failed"
+    MESSAGE_RETRYING = "message.retrying"
+    CONVERSATION_CREATED = "conversation.created"
+    CONVERSATION_ASSIGNED = "conversation.assigned"
+    CONVERSATION_STATUS_CHANGED = "conversation.status_changed"
+    CONVERSATION_PRIORITY_CHANGED = "conversation.priority_changed"
+    NOTE_ADDED = "note.added"
+    CONTACT_CREATED = "contact.created"
+    CONTACT_MERGED = "contact.merged"
+    AGENT_CREATED = "agent.created"
+    AGENT_PRESENCE_CHANGED = "agent.presence_changed"
+    AGENT_UPDATED = "agent.updated"
+    CONVERSATION_QUEUED = "conversation.queued"
+    CONVERSATION_OFFERED = "conversation.offered"
+    OFFER_DECLINED = "offer.declined"
+    CONVERSATION_UNASSIGNED = "conversation.unassigned"
+    ROUTING_NO_AGENT = "routing.no_agent"
+    QUEUE_UPDATED = "queue.updated"
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A stored event (``id`` set) or a live-only signal (``id`` is None)."""
+
+    type: str
+    at: datetime
+    id: int | None = None
+    conversation_id: int | None = None
+    contact_id: int | None = None
+    message_id: int | None = None
+    agent_id: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "at": self.at.isoformat(),
+            "conversation_id": self.conversation_id,
+            "contact_id": self.contact_id,
+            "message_id": self.message_id,
+            "agent_id": self.agent_id,
+            "data": self.data,
+        }
+
+
+def new_event(
+    type: EventType | str,
+    *,
+    at: datetime | None = None,
+    conversation_id: int | None = None,
+    contact_id: int | None = None,
+    message_id: int | None = None,
+    agent_id: int | None = None,
+    **data: Any,
+) -> EventRecord:
+    return EventRecord(
+        type=str(type),
+        at=at or utcnow(),
+        conversation_id=conversation_id,
+        contact_id=contact_id,
+        message_id=message_id,
+        agent_id=agent_id,
+        data=data,
+    )

@@ -17,6 +17,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -76,7 +78,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[str]: JSON}
 
 
 class Agent(Base):
@@ -89,6 +91,23 @@ class Agent(Base):
     password_hash: Mapped[str] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime]
+    # Routing. `load` is the capacity ledger: units taken by the agent's assigned conversations.
+    # The CHECK makes an overrun impossible whatever the code does; claims also test it in their
+    # WHERE clause so a full agent is a refused claim, not an exception.
+    capacity: Mapped[int] = mapped_column(Integer, server_default=text("100"), default=100)
+    load: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
+    skills: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'"), default=dict)
+    channel_kinds: Mapped[list[str]] = mapped_column(JSON, server_default=text("'[]'"), default=list)
+    # status is what the agent chose (online / away / offline); presence_at the last heartbeat of an
+    # open inbox; presence the effective state the router last observed (the chosen status while a
+    # heartbeat is fresh, else offline) and presence_changed_at when it became so (grace periods).
+    status: Mapped[str] = mapped_column(String(10), server_default=text("'online'"), default="online")
+    presence: Mapped[str] = mapped_column(String(10), server_default=text("'offline'"), default="offline")
+    presence_at: Mapped[datetime | None]
+    presence_changed_at: Mapped[datetime | None]
+    last_assigned_at: Mapped[datetime | None]
+
+    __table_args__ = (CheckConstraint("load >= 0 AND load <= capacity", name="load_within_capacity"),)
 
 
 class ApiToken(Base):
@@ -131,6 +150,7 @@ class Conversation(Base):
         Index(None, "contact_id", "channel", "id"),
         Index(None, "status", "last_message_at"),
         Index(None, "assignee_id", "status"),
+        Index(None, "queue", "enqueued_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -147,6 +167,52 @@ class Conversation(Base):
     updated_at: Mapped[datetime]
     last_message_at: Mapped[datetime]
     resolved_at: Mapped[datetime | None]
+    # Routing: the queue it waits in (None when not waiting), since when, and what its assignment
+    # took from the assignee's capacity (given back exactly on release, whatever the costs are then).
+    queue: Mapped[str | None] = mapped_column(String(100))
+    enqueued_at: Mapped[datetime | None]
+    assigned_at: Mapped[datetime | None]
+    assigned_cost: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
+    first_reply_at: Mapped[datetime | None]
+    # Bumped by every routing change: an offer accepted after the conversation moved on is refused.
+    routing_version: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
+    # Offer mode: the agent it is offered to (capacity reserved), until when, and who declined.
+    offered_to: Mapped[int | None] = mapped_column(ForeignKey("agents.id"))
+    offer_expires_at: Mapped[datetime | None]
+    declined_by: Mapped[list[int]] = mapped_column(JSON, server_default=text("'[]'"), default=list)
+
+
+class QueueRow(Base):
+    """A routing queue's definition (routing.model.QueueSpec as JSON), editable through the API."""
+
+    __tablename__ = "queues"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)  # match order: first match wins
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime]
+
+
+class QueueWait(Base):
+    """One stay of a conversation in a queue, from enqueue to its outcome: the record that queue
+    statistics (service level, speed of answer, abandonment) are computed from."""
+
+    __tablename__ = "queue_waits"
+    __table_args__ = (
+        Index(None, "queue", "ended_at"),
+        Index(None, "conversation_id", "ended_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(BigInteger)
+    queue: Mapped[str] = mapped_column(String(100))
+    channel_kind: Mapped[str] = mapped_column(String(20))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    enqueued_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    # answered (assigned to an agent), abandoned (resolved while waiting), moved (overflow/transfer)
+    outcome: Mapped[str | None] = mapped_column(String(20))
+    agent_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Message(Base):
