@@ -6,6 +6,9 @@ each other through the small interfaces of ``hub.types``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -16,15 +19,21 @@ from typing import Any
 
 import channels.webchat  # noqa: F401 - registers the web-chat channel kind
 from channels.base import BaseChannel, channel_class
+from hub.access import Principal
 from hub.attachments import AttachmentStore
 from hub.auth import Accounts, generate_password
 from hub.config import ConfigError, HubConfig
 from hub.conversations import Conversations
-from hub.events import EventBus, new_event
+from hub.events import EventBus, EventType, new_event, record_events
 from hub.ingest import Ingest, IngestSettings
 from hub.model import InboundMessage, IngestResult, Role, TimelineEntry
 from hub.outbox import Dispatcher, OutboxSettings
 from hub.timeline import Timeline
+from hub.types import SupervisorView
+from routing.config import load_routing, routing_from_dict
+from routing.queues import QueueStore
+from routing.service import Router
+from routing.stats import Supervision
 from storage.engine import Database
 from storage.migrate import upgrade
 
@@ -79,8 +88,26 @@ class Hub:
                 poll_interval=config.outbox_poll_interval,
             ),
         )
+        if config.routing_file is not None:
+            try:
+                routing_settings, self._file_queues = load_routing(config.routing_file)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"routing file {config.routing_file}: {exc}") from None
+        else:
+            routing_settings, self._file_queues = routing_from_dict({})
+        self.queues = QueueStore(self.db)
+        self.router = Router(self.db, routing_settings, self.queues, record_events, self.bus.publish)
+        self._router_triggers: asyncio.Task[None] | None = None
+        self.supervision: SupervisorView = Supervision(
+            self.db, self.queues.current, routing_settings.costs, routing_settings.heartbeat_timeout_seconds
+        )
+        self._supervision_feed: asyncio.Task[None] | None = None
         self.conversations = Conversations(
-            self.db, self.bus, self.dispatcher.wake, max_chars=config.max_message_chars
+            self.db,
+            self.bus,
+            self.dispatcher.wake,
+            max_chars=config.max_message_chars,
+            assignments=self.router,
         )
         secret = server_secret(config.data_dir)
         for spec in config.channels:
@@ -96,15 +123,46 @@ class Hub:
             before, after = await upgrade(self.db)
             if before != after:
                 log.info("database migrated from %s to %s", before or "empty", after)
+        await self.queues.seed(self._file_queues)
         if self.start_channels:
             for channel in self.channels.values():
                 await channel.start(self)
             self.dispatcher.start()
+            self._supervision_feed = asyncio.get_running_loop().create_task(
+                self.supervision_feed(), name="supervision-feed"
+            )
+            if self.config.routing_enabled:
+                self.router.start()
+                self._router_triggers = asyncio.get_running_loop().create_task(
+                    self._wake_router_on_arrivals()
+                )
         return self
+
+    async def supervision_feed(self) -> None:
+        """Queue and agent reports pushed to supervisors' live sockets (about once a second)."""
+        assert isinstance(self.supervision, Supervision)
+        await self.supervision.run(self.bus.publish, interval=1.0)
+
+    async def _wake_router_on_arrivals(self) -> None:
+        """New conversations and customer messages reach the router at once, not at its next sweep.
+        (The hub's own assignment changes wake it directly.)"""
+        triggers = {EventType.MESSAGE_RECEIVED, EventType.CONVERSATION_CREATED}
+        while True:
+            async with self.bus.subscribe() as queue:
+                while (event := await queue.get()) is not None:
+                    if event.type in triggers:
+                        self.router.wake(())
+            await asyncio.sleep(0.1)  # fell behind: subscribe again; the sweep covered the gap
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        for task in (self._router_triggers, self._supervision_feed):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.router.stop()
         await self.dispatcher.stop()
         for channel in self.channels.values():
             try:
@@ -136,6 +194,13 @@ class Hub:
             )
 
     # -- agent side -------------------------------------------------------------------------
+
+    async def authenticate(self, token: str) -> Principal | None:
+        """The agent behind a session token, with the queues whose unassigned work they may see."""
+        who = await self.accounts.authenticate(token)
+        if who is None or who.is_supervisor:
+            return who
+        return dataclasses.replace(who, queues=await self.router.queues_for(who.id))
 
     async def agent_typing(self, conversation_id: int, channel: str, address: str) -> None:
         target = self.channels.get(channel)

@@ -42,6 +42,8 @@ class HubConfig:
     outbox_lease: float = 60.0
     outbox_poll_interval: float = 1.0
     log_level: str = "INFO"
+    routing_enabled: bool = True
+    routing_file: Path | None = None
     channels: list[ChannelConfig] = field(default_factory=list)
 
     @property
@@ -68,6 +70,8 @@ FILE_KEYS: dict[tuple[str, str], tuple[str, type]] = {
     ("outbox", "max_delay_seconds"): ("outbox_max_delay", float),
     ("outbox", "lease_seconds"): ("outbox_lease", float),
     ("outbox", "poll_seconds"): ("outbox_poll_interval", float),
+    ("routing", "enabled"): ("routing_enabled", bool),
+    ("routing", "file"): ("routing_file", Path),
 }
 
 # Without a configuration file the hub runs web chat, as `make run` promises.
@@ -79,12 +83,15 @@ ENVIRONMENT = {
     "HUB_HOST": ("host", str),
     "HUB_PORT": ("port", int),
     "HUB_PUBLIC_URL": ("public_url", str),
+    "HUB_ROUTING_FILE": ("routing_file", Path),
 }
 
 
 def _coerce(value: Any, kind: type, where: str) -> Any:
     try:
         if kind is int and isinstance(value, bool):
+            raise TypeError
+        if kind is bool and not isinstance(value, bool):
             raise TypeError
         return kind(value)
     except (TypeError, ValueError):

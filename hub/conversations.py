@@ -11,14 +11,15 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select
 
 from hub.access import Principal, may_see_conversation
 from hub.errors import UserError
 from hub.events import EventBus, EventRecord, EventType, append_events, new_event
-from hub.model import ConversationStatus, Direction, MessageStatus, Role, utcnow
+from hub.model import ConversationStatus, Direction, MessageStatus, utcnow
 from hub.outbox import enqueue
 from hub.timeline import ID_RANGE, message_json, not_found
+from hub.types import Assignments
 from storage.engine import Database
 from storage.models import Agent, Conversation, Message
 
@@ -38,11 +39,38 @@ def clean_text(text: Any, max_chars: int) -> str:
 
 
 class Conversations:
-    def __init__(self, db: Database, bus: EventBus, wake_outbox: Callable[[], None], max_chars: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        bus: EventBus,
+        wake_outbox: Callable[[], None],
+        max_chars: int,
+        assignments: Assignments,
+    ) -> None:
         self.db = db
         self.bus = bus
         self.wake_outbox = wake_outbox
         self.max_chars = max_chars
+        self.assignments = assignments
+
+    async def _assign(
+        self, s: Any, conv: Conversation, agent_id: int | None, who: Principal, now: datetime, reason: str
+    ) -> list[EventRecord]:
+        """Change the owner through the router's claim path (capacity, one owner, events)."""
+        previous = conv.assignee_id
+        events: list[EventRecord] = await s.run_sync(
+            lambda session: self.assignments.assign(
+                session,
+                conv.id,
+                agent_id,
+                by=who.id,
+                reason=reason,
+                expected_assignee=previous,
+                now=now,
+            )
+        )
+        conv.assignee_id = agent_id
+        return events
 
     async def _load(
         self, s: Any, who: Principal, conversation_id: int, *, lock: bool = False
@@ -51,7 +79,7 @@ class Conversations:
         if lock and not self.db.is_sqlite:
             q = q.with_for_update()
         conv = (await s.execute(q)).scalar_one_or_none()
-        if conv is None or not may_see_conversation(who, conv.assignee_id):
+        if conv is None or not may_see_conversation(who, conv.assignee_id, conv.queue, conv.offered_to):
             raise not_found("conversation", conversation_id)
         return conv
 
@@ -63,8 +91,9 @@ class Conversations:
             pending: list[EventRecord] = []
             if conv.assignee_id is None:
                 # Answering an unassigned conversation takes it, as in every shared inbox.
-                conv.assignee_id = who.id
-                pending.append(self._assigned_event(conv, None, who, now, reason="replied"))
+                pending += await self._assign(s, conv, who.id, who, now, reason="replied")
+            if conv.first_reply_at is None:
+                conv.first_reply_at = now
             message = _agent_message(conv, who, Direction.OUT, MessageStatus.QUEUED, text, now)
             s.add(message)
             conv.updated_at = now
@@ -148,30 +177,11 @@ class Conversations:
                     )
                 if not who.is_supervisor and assignee is None and conv.assignee_id != who.id:
                     raise UserError("forbidden", "only the assignee or a supervisor can unassign", status=403)
-                target = None
                 if assignee is not None:
-                    target = (
-                        await s.execute(select(Agent).where(Agent.id == assignee, Agent.active))
-                    ).scalar_one_or_none()
-                    if target is None:
+                    found = await s.execute(select(Agent.id).where(Agent.id == assignee, Agent.active))
+                    if found.first() is None:
                         raise UserError("unknown_agent", f"no active agent {assignee}", status=422)
-                previous = conv.assignee_id
-                # Conditional update: if someone else changed the owner since we read it, we lose cleanly.
-                done = await s.execute(
-                    update(Conversation)
-                    .where(Conversation.id == conv.id, _same_owner(previous))
-                    .values(assignee_id=assignee, updated_at=now)
-                    .execution_options(synchronize_session=False)
-                )
-                if cast(CursorResult[Any], done).rowcount != 1:
-                    raise UserError(
-                        "conflict", "the conversation was reassigned meanwhile; reload", status=409
-                    )
-                conv.assignee_id = assignee
-                who_to = (
-                    Principal(target.id, target.email, target.name, Role(target.role)) if target else None
-                )
-                pending.append(self._assigned_event(conv, previous, who_to, now, reason="manual", by=who.id))
+                pending += await self._assign(s, conv, assignee, who, now, reason="manual")
             if "status" in changes and status != conv.status:
                 previous_status = conv.status
                 conv.status = str(status)
@@ -187,6 +197,10 @@ class Conversations:
                         status=status,
                         assignee_id=conv.assignee_id,
                     )
+                )
+                await s.flush()
+                pending += await s.run_sync(
+                    lambda session: self.assignments.status_changed(session, conv.id, str(status), now=now)
                 )
             if "priority" in changes and priority != conv.priority:
                 pending.append(
@@ -205,27 +219,7 @@ class Conversations:
             conv.updated_at = now
             events = await append_events(s, pending)
         self.bus.publish(events)
-
-    @staticmethod
-    def _assigned_event(
-        conv: Conversation,
-        previous: int | None,
-        to: Principal | None,
-        now: Any,
-        *,
-        reason: str,
-        by: int | None = None,
-    ) -> EventRecord:
-        return new_event(
-            EventType.CONVERSATION_ASSIGNED,
-            at=now,
-            conversation_id=conv.id,
-            contact_id=conv.contact_id,
-            agent_id=by if by is not None else (to.id if to else None),
-            assignee_id=to.id if to else None,
-            previous_assignee_id=previous,
-            reason=reason,
-        )
+        self.assignments.wake()
 
 
 def _agent_message(
@@ -247,7 +241,3 @@ def _agent_message(
         meta={},
         created_at=now,
     )
-
-
-def _same_owner(previous: int | None) -> Any:
-    return Conversation.assignee_id.is_(None) if previous is None else Conversation.assignee_id == previous

@@ -164,6 +164,13 @@ class Timeline:
                 "last_message_at": _iso(c.last_message_at),
                 "resolved_at": _iso(c.resolved_at),
                 "last_message": last.get(c.id),
+                "queue": c.queue,
+                "enqueued_at": _iso(c.enqueued_at),
+                "assigned_at": _iso(c.assigned_at),
+                "first_reply_at": _iso(c.first_reply_at),
+                "offered_to": c.offered_to,
+                "offer_expires_at": _iso(c.offer_expires_at),
+                "routing_version": c.routing_version,
             }
             for c in convs
         ]
@@ -172,7 +179,7 @@ class Timeline:
         self, s: AsyncSession, who: Principal, conversation_id: int
     ) -> Conversation:
         conv = await s.get(Conversation, conversation_id)
-        if conv is None or not may_see_conversation(who, conv.assignee_id):
+        if conv is None or not may_see_conversation(who, conv.assignee_id, conv.queue, conv.offered_to):
             raise not_found("conversation", conversation_id)
         return conv
 

@@ -1,10 +1,13 @@
-"""The two small protocols between the hub and its channels."""
+"""The small protocols between the hub and its parts: channels, and the router's claim path."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from hub.model import InboundMessage, IngestResult, OutboundMessage, SendResult, TimelineEntry
+from sqlalchemy.orm import Session
+
+from hub.model import EventRecord, InboundMessage, IngestResult, OutboundMessage, SendResult, TimelineEntry
 
 
 class ChannelHost(Protocol):
@@ -38,3 +41,43 @@ class Channel(Protocol):
     def routes(self) -> list[Any]:
         """aiohttp route definitions this channel serves (webhooks, websockets), or none."""
         ...
+
+
+class Assignments(Protocol):
+    """The router's one claim path, as the hub's own writes use it (replies, PATCH, status changes).
+
+    The methods run inside the caller's write transaction (a synchronous ``Session``), return the
+    events they caused for the caller to record, and raise :class:`hub.model.Refused` before
+    writing anything when the change is not allowed (agent at capacity, conversation moved on).
+    """
+
+    def assign(
+        self,
+        session: Session,
+        conversation_id: int,
+        agent_id: int | None,
+        *,
+        by: int | None,
+        reason: str,
+        expected_assignee: int | None,
+        now: datetime,
+    ) -> list[EventRecord]: ...
+
+    def status_changed(
+        self, session: Session, conversation_id: int, status: str, *, now: datetime
+    ) -> list[EventRecord]: ...
+
+    def wake(self) -> None:
+        """Something changed that may let the router assign: look again soon."""
+        ...
+
+
+class SupervisorView(Protocol):
+    """What the supervisor's endpoints read (``routing.stats.Supervision``): JSON-ready reports of
+    the queues and the agents, and the Prometheus text exposition."""
+
+    async def queues(self) -> dict[str, Any]: ...
+
+    async def agents(self) -> dict[str, Any]: ...
+
+    async def metrics(self) -> str: ...

@@ -40,9 +40,19 @@ async def close_open_sockets() -> None:
         await ws.close()
 
 
+# Bookkeeping frames of routing and presence that tests of other things step over.
+ROUTING_NOISE = frozenset(
+    {"agent.presence_changed", "queues.updated", "agents.updated", "routing.no_agent", "conversation.queued"}
+)
+
+
+def not_routing_noise(frame: dict[str, Any]) -> bool:
+    return not (frame.get("type") == "event" and frame.get("event", {}).get("type") in ROUTING_NOISE)
+
+
 async def next_frame(
     ws: ClientWebSocketResponse,
-    wanted: Callable[[dict[str, Any]], bool] = lambda f: True,
+    wanted: Callable[[dict[str, Any]], bool] = not_routing_noise,
     *,
     within: float = DEADLINE,
 ) -> dict[str, Any]:

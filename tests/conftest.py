@@ -86,6 +86,9 @@ def hub_config(tmp_path: Path, db_url: str, **overrides: Any) -> HubConfig:
         outbox_max_delay=0.5,
         outbox_poll_interval=0.05,
         channels=[ChannelConfig("webchat", "webchat", {"identity_secret": "site-identity-secret"})],
+        # Tests of the spine take conversations by hand, so an agent opening the inbox does not get
+        # them assigned under the test's feet; routing tests turn the router on.
+        routing_enabled=False,
     )
     for key, value in overrides.items():
         setattr(cfg, key, value)

@@ -21,7 +21,7 @@ HUB: web.AppKey[Hub] = web.AppKey("hub")
 
 async def principal(request: web.Request, *, min_role: Role = Role.AGENT) -> Principal:
     hub = request.app[HUB]
-    who = await authenticate(request, hub.accounts.authenticate, hub.config.public_url)
+    who = await authenticate(request, hub.authenticate, hub.config.public_url)
     rank = {Role.AGENT: 0, Role.SUPERVISOR: 1, Role.ADMIN: 2}
     if rank[who.role] < rank[min_role]:
         raise UserError("forbidden", f"this needs the {min_role.value} role", status=403)
@@ -63,8 +63,11 @@ async def login(request: web.Request) -> web.Response:
     email, password = body.get("email"), body.get("password")
     if not isinstance(email, str) or not isinstance(password, str):
         raise UserError("invalid_credentials", "give email and password as strings", status=422)
-    token, who = await request.app[HUB].accounts.login(email, password)
-    response = web.json_response({"token": token, "agent": who.as_json()})
+    hub = request.app[HUB]
+    token, who = await hub.accounts.login(email, password)
+    response = web.json_response(
+        {"token": token, "agent": {**who.as_json(), **await hub.router.presence_of(who.id)}}
+    )
     response.set_cookie(
         COOKIE,
         token,
@@ -86,11 +89,16 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def me(request: web.Request) -> web.Response:
-    return web.json_response({"agent": (await principal(request)).as_json()})
+    who = await principal(request)
+    presence = await request.app[HUB].router.presence_of(who.id)
+    return web.json_response({"agent": {**who.as_json(), **presence}})
 
 
 async def list_agents(request: web.Request) -> web.Response:
-    await principal(request)
+    who = await principal(request)
+    if who.is_supervisor:
+        # Supervisors get the routing overview: presence, load by channel, conversations, skills.
+        return web.json_response(await request.app[HUB].supervision.agents())
     agents = await request.app[HUB].accounts.list()
     return web.json_response({"agents": [a.as_json() for a in agents]})
 

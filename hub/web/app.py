@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, web
 
-from hub.web import api
+from hub.web import api, routing_api, supervisor
 from hub.web.live import LIVE_SOCKETS, live
 from hub.web.openapi import build_openapi
 from hub.web.security import Handler, error_middleware
@@ -61,6 +61,8 @@ def make_app(hub: Hub) -> web.Application:
     app[LIVE_SOCKETS] = set()
     app[OPENAPI] = build_openapi()
     app.add_routes(api.routes())
+    app.add_routes(supervisor.routes())
+    app.add_routes(routing_api.routes())
     app.add_routes([web.get("/api/live", live), web.get("/api/openapi.json", openapi), web.get("/", index)])
     app.add_routes(hub.channel_routes())
     app.router.add_static("/static/", STATIC, append_version=False)

@@ -67,11 +67,16 @@ async def live(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=30, max_msg_size=16 * 1024)
     await ws.prepare(request)
     request.app[LIVE_SOCKETS].add(ws)
-    viewer = _Viewer(who, request[TOKEN], hub.accounts.authenticate)
+    viewer = _Viewer(who, request[TOKEN], hub.authenticate)
     async with hub.bus.subscribe() as queue:
-        pump = asyncio.get_running_loop().create_task(_pump(ws, queue, viewer))
+        pump: asyncio.Task[None] | None = None
         try:
-            await ws.send_json({"type": "hello", "agent": who.as_json()})
+            # An open inbox is the agent's heartbeat: with their chosen status it makes them available.
+            # Events it causes wait in the queue until the pump starts, after the hello.
+            await hub.router.connected(who.id)
+            presence = await hub.router.presence_of(who.id)
+            await ws.send_json({"type": "hello", "agent": {**who.as_json(), **presence}})
+            pump = asyncio.get_running_loop().create_task(_pump(ws, queue, viewer))
             async for frame in ws:
                 if frame.type != WSMsgType.TEXT:
                     continue
@@ -80,10 +85,12 @@ async def live(request: web.Request) -> web.StreamResponse:
                     break
                 await _on_client_frame(request, ws, viewer.who, frame.data)
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
             request.app[LIVE_SOCKETS].discard(ws)
+            await asyncio.shield(hub.router.disconnected(who.id))
     return ws
 
 

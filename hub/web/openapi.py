@@ -122,12 +122,23 @@ def build_openapi() -> dict[str, Any]:
             },
             "/api/agents": {
                 "get": _op(
-                    "Active agents",
+                    "Active agents; for supervisors and admins each with the routing overview "
+                    "(presence, load by channel, conversations, skills; the AgentOverview schema)",
                     {
                         "200": _json(
                             {
                                 "type": "object",
-                                "properties": {"agents": {"type": "array", "items": REF["Agent"]}},
+                                "properties": {
+                                    "agents": {
+                                        "type": "array",
+                                        "items": {
+                                            "anyOf": [
+                                                REF["Agent"],
+                                                {"$ref": "#/components/schemas/AgentOverview"},
+                                            ]
+                                        },
+                                    }
+                                },
                             }
                         ),
                         **_errors(401),
@@ -344,6 +355,8 @@ def build_openapi() -> dict[str, Any]:
                     tag="webchat",
                 )
             },
+            **_supervisor_paths(),
+            **_routing_paths(),
         },
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
@@ -441,6 +454,293 @@ def build_openapi() -> dict[str, Any]:
                         "data": {"type": "object"},
                     },
                 },
+                **SUPERVISOR_SCHEMAS,
             },
+        },
+    }
+
+
+# -- supervisor (hub.web.supervisor, figures from routing.stats) -----------------------------------
+
+_INT = {"type": "integer"}
+_SECONDS = {"type": "number"}
+_SECONDS_OR_NULL = {"type": ["number", "null"]}
+_TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+_RATIO_OR_NULL = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+
+SUPERVISOR_SCHEMAS: dict[str, Any] = {
+    "QueueStats": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "priority": _INT,
+            "sla_seconds": _SECONDS,
+            "waiting": {**_INT, "description": "Waiting now, offered ones included"},
+            "waiting_by_priority": {
+                "type": "object",
+                "additionalProperties": _INT,
+                "description": "Conversation priority (0-4, as a string) -> waiting",
+            },
+            "offered": {**_INT, "description": "Waiting ones offered to an agent now"},
+            "oldest_enqueued_at": _TIME_OR_NULL,
+            "longest_wait_seconds": _SECONDS,
+            "sla_at_risk": {**_INT, "description": "Waiting longer than 80% of the target, not past it"},
+            "sla_breached_now": {**_INT, "description": "Waiting longer than the target"},
+            "eligible_agents": {
+                **_INT,
+                "description": "Active agents with the required skills and a channel kind in common",
+            },
+            "available_agents": {
+                **_INT,
+                "description": "Eligible, online, with room for the cheapest channel both take",
+            },
+            "service_level": {
+                "type": "object",
+                "description": "See service_level_rule; the counts are today's",
+                "properties": {
+                    "rolling_15m": _RATIO_OR_NULL,
+                    "today": _RATIO_OR_NULL,
+                    "answered": _INT,
+                    "answered_within_sla": _INT,
+                    "abandoned": {**_INT, "description": "Abandons that count (after the short threshold)"},
+                },
+            },
+            "average_speed_of_answer_seconds": _SECONDS_OR_NULL,
+            "wait_p50_seconds": _SECONDS_OR_NULL,
+            "wait_p90_seconds": _SECONDS_OR_NULL,
+            "answered_today": _INT,
+            "abandoned_today": {**_INT, "description": "Every abandon today, short ones included"},
+        },
+    },
+    "AgentOverview": {
+        "type": "object",
+        "properties": {
+            "id": _INT,
+            "name": {"type": "string"},
+            "email": {"type": "string"},
+            "role": {"enum": ["agent", "supervisor", "admin"]},
+            "status": {"enum": ["online", "away", "offline"], "description": "What the agent chose"},
+            "presence": {
+                "enum": ["online", "away", "offline"],
+                "description": "Effective now: the status while an inbox sends heartbeats, else offline",
+            },
+            "connected": {"type": "boolean"},
+            "capacity": _INT,
+            "load": _INT,
+            "load_by_channel": {"type": "object", "additionalProperties": _INT},
+            "conversations": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": _INT,
+                        "channel_kind": {"type": "string"},
+                        "status": {"enum": ["open", "pending", "snoozed"]},
+                        "cost": _INT,
+                        "assigned_at": _TIME_OR_NULL,
+                        "offered": {"type": "boolean"},
+                        "offer_expires_at": _TIME_OR_NULL,
+                    },
+                },
+            },
+            "active_conversations": _INT,
+            "offers": _INT,
+            "skills": {"type": "object", "additionalProperties": _INT},
+            "channel_kinds": {"type": "array", "items": {"type": "string"}},
+            "last_assigned_at": _TIME_OR_NULL,
+            "seconds_since_last_assignment": _SECONDS_OR_NULL,
+        },
+    },
+}
+
+
+def _supervisor_paths() -> dict[str, Any]:
+    queue_stats = {"$ref": "#/components/schemas/QueueStats"}
+    agent_overview = {"$ref": "#/components/schemas/AgentOverview"}
+    return {
+        "/api/queues": {
+            "get": _op(
+                "Queue statistics now: waiting, SLA risk, agents, service level (supervisors, admins)",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "queues": {"type": "array", "items": queue_stats},
+                                "unqueued": {
+                                    "type": "object",
+                                    "description": "Waiting conversations whose queue is not configured",
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "waiting": _INT,
+                                        "oldest_enqueued_at": _TIME_OR_NULL,
+                                        "longest_wait_seconds": _SECONDS,
+                                    },
+                                },
+                                "service_level_rule": {"type": "string"},
+                            },
+                        }
+                    ),
+                    **_errors(401, 403),
+                },
+                tag="supervisor",
+            )
+        },
+        "/api/agents/overview": {
+            "get": _op(
+                "Every active agent's presence, load and conversations (supervisors, admins)",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"agents": {"type": "array", "items": agent_overview}},
+                        }
+                    ),
+                    **_errors(401, 403),
+                },
+                tag="supervisor",
+            )
+        },
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics, text exposition format 0.0.4 (supervisors, admins)",
+                {
+                    "200": {
+                        "description": "hub_queue_* and hub_agent* families",
+                        "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401, 403),
+                },
+                tag="supervisor",
+            )
+        },
+    }
+
+
+# -- routing (hub.web.routing_api) ------------------------------------------------------------------
+
+_CONVERSATION_OR_NULL = {
+    "type": "object",
+    "properties": {
+        "conversation": {
+            "anyOf": [{"$ref": "#/components/schemas/Conversation"}, {"type": "null"}],
+            "description": "null when the caller may no longer see it",
+        }
+    },
+}
+_VERSION_BODY = {
+    "type": "object",
+    "properties": {"version": {"type": "integer", "description": "routing_version the offer was made at"}},
+}
+QUEUE_SPEC: dict[str, Any] = {
+    "type": "object",
+    "description": "A queue as in config/routing.example.toml",
+    "properties": {
+        "priority": _INT,
+        "sla_seconds": _SECONDS,
+        "choice": {"enum": ["longest_idle", "least_occupied", "best_proficiency"]},
+        "mode": {"enum": ["direct", "offer"]},
+        "offer_timeout_seconds": _SECONDS,
+        "ageing_per_minute": _SECONDS,
+        "on_agent_away": {"enum": ["keep", "requeue", "requeue_unanswered"]},
+        "required_skills": {
+            "type": "object",
+            "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 5},
+        },
+        "match": {"type": "object"},
+        "steps": {"type": "array", "items": {"type": "object"}},
+        "position": {"type": "integer", "description": "match order; the first matching queue wins"},
+    },
+}
+
+
+def _routing_paths() -> dict[str, Any]:
+    name_path = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "/api/agents/me/status": {
+            "put": _op(
+                "Choose your status; with an open inbox it makes you available (online) or not",
+                {
+                    "200": _json({"type": "object", "properties": {"agent": {"type": "object"}}}),
+                    **_errors(401, 422),
+                },
+                body={
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"enum": ["online", "away", "offline"]}},
+                },
+                tag="routing",
+            )
+        },
+        "/api/agents/{id}": {
+            "patch": _op(
+                "Set an agent's capacity, skills (1-5) and channel kinds (admin)",
+                {
+                    "200": _json({"type": "object", "properties": {"agent": {"type": "object"}}}),
+                    **_errors(401, 403, 404, 409, 422),
+                },
+                body={
+                    "type": "object",
+                    "properties": {
+                        "capacity": {"type": "integer", "minimum": 0},
+                        "skills": {
+                            "type": "object",
+                            "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 5},
+                        },
+                        "channel_kinds": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                params=[ID_PATH],
+                tag="routing",
+            )
+        },
+        "/api/conversations/{id}/accept": {
+            "post": _op(
+                "Accept a conversation offered to you; 409 stale_offer when it expired or moved on",
+                {"200": _json(_CONVERSATION_OR_NULL), **_errors(401, 404, 409)},
+                body=_VERSION_BODY,
+                params=[ID_PATH],
+                tag="routing",
+            )
+        },
+        "/api/conversations/{id}/decline": {
+            "post": _op(
+                "Decline a conversation offered to you; it keeps its place in the queue",
+                {"200": _json(_CONVERSATION_OR_NULL), **_errors(401, 404, 409)},
+                body=_VERSION_BODY,
+                params=[ID_PATH],
+                tag="routing",
+            )
+        },
+        "/api/conversations/{id}/transfer": {
+            "post": _op(
+                "Transfer to an agent or a queue (the assignee or a supervisor), through the claim path",
+                {"200": _json(_CONVERSATION_OR_NULL), **_errors(401, 403, 404, 409, 422)},
+                body={
+                    "type": "object",
+                    "properties": {"agent_id": {"type": "integer"}, "queue": {"type": "string"}},
+                    "description": "exactly one of agent_id or queue",
+                },
+                params=[ID_PATH],
+                tag="routing",
+            )
+        },
+        "/api/queues/{name}": {
+            "put": _op(
+                "Create or replace a queue (admin)",
+                {
+                    "200": _json({"type": "object", "properties": {"queue": QUEUE_SPEC}}),
+                    **_errors(401, 403, 422),
+                },
+                body=QUEUE_SPEC,
+                params=[name_path],
+                tag="routing",
+            ),
+            "delete": _op(
+                "Delete a queue (admin); its waiting conversations are matched again",
+                {"204": {"description": "Deleted"}, **_errors(401, 403, 404)},
+                params=[name_path],
+                tag="routing",
+            ),
         },
     }

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from hub.access import Principal
 from hub.errors import UserError
+from hub.model import Refused
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Every failure becomes ``{"error", "detail"}`` with a fitting status; nothing leaks a traceback."""
     try:
         return await handler(request)
-    except UserError as exc:
+    except Refused as exc:  # UserError included
         return json_error(exc.status, exc.error, exc.detail)
     except web.HTTPException as exc:
         if exc.status < 400 or not request.path.startswith(("/api", "/webchat", "/healthz")):

@@ -40,7 +40,14 @@ async def test_login_returns_a_token_and_sets_a_strict_httponly_cookie(
         cookie = SimpleCookie()
         for header in r.headers.getall("Set-Cookie"):
             cookie.load(header)
-    assert body["agent"] == {"id": agent.id, "email": agent.email, "name": "Sam", "role": "supervisor"}
+    assert body["agent"] == {
+        "id": agent.id,
+        "email": agent.email,
+        "name": "Sam",
+        "role": "supervisor",
+        "status": "online",  # what the agent chose (online unless they said otherwise)
+        "presence": "offline",  # what the router sees: no inbox open yet
+    }
     session = cookie["hub_session"]
     assert session.value == body["token"]
     assert session["httponly"] is True

@@ -9,7 +9,7 @@ from aiohttp import web
 from tests.clients import call
 from tests.conftest import Live
 
-DOCUMENTED_PREFIXES = ("/api/", "/healthz", "/webchat/")
+DOCUMENTED_PREFIXES = ("/api/", "/healthz", "/webchat/", "/metrics")
 # CORS preflight is answered for browsers, not an operation an API client calls.
 NOT_OPERATIONS = {("OPTIONS", "/webchat/session")}
 PUBLIC = {
