@@ -10,55 +10,21 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from hub.model import Role
 from tests.conftest import Live, MakeAgent
+from tests.web.conftest import BROWSER, sign_in
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.timeout(30),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"headless browser tests need {CHROMIUM}"),
-]
+pytestmark = BROWSER
 playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright package is not installed")
 Browser = playwright_api.Browser
 Locator = playwright_api.Locator
 Page = playwright_api.Page
-async_playwright = playwright_api.async_playwright
 expect = playwright_api.expect
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--no-first-run",
-]
 HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>'
-WAIT_MS = 5_000
-
-expect.set_options(timeout=WAIT_MS)
-
-
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    """Browser tests exercise the pages, not the storage: SQLite only (overrides the conftest matrix)."""
-    return f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 @dataclass
@@ -77,12 +43,7 @@ async def scene(live: Live, make_agent: MakeAgent, browser: Browser) -> AsyncIte
     agent_context = await browser.new_context(viewport={"width": 1400, "height": 900})
     agent = await agent_context.new_page()
     agent.on("pageerror", lambda exc: errors.append(f"inbox: {exc}"))
-    await agent.goto(f"{live.base}/")
-    await agent.get_by_test_id("login-email").fill(admin.email)
-    await agent.get_by_test_id("login-password").fill(admin.password)
-    await agent.get_by_test_id("login-submit").click()
-    await expect(agent.get_by_test_id("conversation-list")).to_be_visible()
-    await expect(agent.get_by_test_id("live-state")).to_have_attribute("data-state", "open")
+    await sign_in(agent, live.base, admin)
 
     visitor_context = await browser.new_context(viewport={"width": 1000, "height": 800})
     visitor = await visitor_context.new_page()

@@ -59,12 +59,21 @@ export const api = {
   login: (email, password) => request("POST", "/api/session", { email, password }),
   logout: () => request("DELETE", "/api/session"),
   me: () => request("GET", "/api/me"),
+  /** Every agent's name, for assigning. */
   agents: () => request("GET", "/api/agents"),
+  /** Supervisors: agents with presence, load, conversations and skills (the agents.updated payload). */
+  agentsOverview: () => request("GET", "/api/agents/overview"),
+  setMyStatus: (status) => request("PUT", "/api/agents/me/status", { status }),
+  queues: () => request("GET", "/api/queues"),
   conversations: (params) => request("GET", `/api/conversations${query(params)}`),
   conversation: (cid) => request("GET", `/api/conversations/${id(cid)}`),
   updateConversation: (cid, changes) => request("PATCH", `/api/conversations/${id(cid)}`, changes),
   reply: (cid, text) => request("POST", `/api/conversations/${id(cid)}/messages`, { text }),
   note: (cid, text) => request("POST", `/api/conversations/${id(cid)}/notes`, { text }),
+  /** target: {agent_id: n} or {queue: "name"} */
+  transfer: (cid, target) => request("POST", `/api/conversations/${id(cid)}/transfer`, target),
+  acceptOffer: (cid, version) => request("POST", `/api/conversations/${id(cid)}/accept`, { version }),
+  declineOffer: (cid, version) => request("POST", `/api/conversations/${id(cid)}/decline`, { version }),
   contact: (contactId) => request("GET", `/api/contacts/${id(contactId)}`),
   contactTimeline: (contactId, params) =>
     request("GET", `/api/contacts/${id(contactId)}/timeline${query(params)}`),

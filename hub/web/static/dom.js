@@ -100,6 +100,29 @@ export function avatar(name, size = "md") {
   return node;
 }
 
+/** A class-name-safe token for a server-supplied value ("WhatsApp" -> "whatsapp"). */
+export function cssToken(value) {
+  return String(value).toLowerCase().replace(/[^a-z0-9_-]/g, "");
+}
+
+export function channelBadge(kind, name) {
+  const label = kind || name || "channel";
+  return h("span", { class: `channel-badge channel-${cssToken(label)}`, title: name || label }, label);
+}
+
+/** A span of time for people: "45s", "3m 05s", "1m", "2h 10m", "3d 4h"; "—" when unknown. */
+export function formatDuration(seconds) {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "—";
+  const total = Math.max(0, Math.round(seconds));
+  if (total < 60) return `${total}s`;
+  const minutes = Math.floor(total / 60);
+  const hours = Math.floor(minutes / 60);
+  const two = (n) => String(n).padStart(2, "0");
+  if (minutes < 60) return total % 60 ? `${minutes}m ${two(total % 60)}s` : `${minutes}m`;
+  if (hours < 24) return minutes % 60 ? `${hours}h ${two(minutes % 60)}m` : `${hours}h`;
+  return hours % 24 ? `${Math.floor(hours / 24)}d ${hours % 24}h` : `${Math.floor(hours / 24)}d`;
+}
+
 export function formatBytes(n) {
   if (!Number.isFinite(n)) return "";
   if (n < 1024) return `${n} B`;

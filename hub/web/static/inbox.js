@@ -1,4 +1,5 @@
-// The agent inbox: login, conversation list, timeline with composer, contact panel, live updates.
+// The agent inbox: login, conversation list, timeline with composer, contact panel, live updates,
+// and the views that hang off them (presence, offers, transfer, the supervisor view #/supervisor).
 //
 // State flows one way: the server is the source of truth; live events only say *what* changed and
 // the page refetches it. Customer- and agent-supplied text reaches the DOM only through `h()`
@@ -8,6 +9,8 @@ import { api, ApiError } from "./api.js";
 import { LiveSocket, liveUrl } from "./live.js";
 import {
   avatar,
+  channelBadge,
+  cssToken,
   debounce,
   fill,
   formatBytes,
@@ -18,6 +21,10 @@ import {
   safeUrl,
   toast,
 } from "./dom.js";
+import { Offers } from "./offers.js";
+import { PresenceControl } from "./presence.js";
+import { SupervisorView } from "./supervisor.js";
+import { loadTargets, openTransfer } from "./transfer.js";
 
 const STATUS_FILTERS = [
   ["open", "Open"],
@@ -66,6 +73,10 @@ const state = {
   live: null,
   lastTypingSentAt: 0,
   typingTimer: null,
+  view: "inbox", // or "supervisor"
+  presence: null, // PresenceControl, Offers and SupervisorView: made once, at boot
+  offers: null,
+  supervisor: null,
   // Sequence numbers drop responses that arrive after a newer request was made.
   seq: { list: 0, conversation: 0, contact: 0 },
 };
@@ -75,6 +86,7 @@ const state = {
 
 async function boot() {
   bindStaticHandlers();
+  createViews();
   try {
     const res = await api.me();
     startApp(res.agent);
@@ -129,12 +141,13 @@ function startApp(agent) {
   $("app").hidden = false;
   fill($("me"), avatar(agent.name || agent.email, "sm"), h("span", { class: "me-name" }, agent.name || agent.email));
   $("me").title = agent.email;
+  state.presence.start(agent);
+  $("view-tabs").hidden = !isSupervisor();
   renderFilters();
   loadAgents();
   refreshList();
-  const fromHash = conversationIdFromHash();
-  if (fromHash) selectConversation(fromHash);
-  else renderNoSelection();
+  state.offers.refresh();
+  route();
   state.live = new LiveSocket(liveUrl(), {
     onFrame: onLiveFrame,
     onState: renderLiveState,
@@ -149,6 +162,11 @@ function stopApp() {
   state.live?.stop();
   state.live = null;
   clearTimeout(state.typingTimer);
+  state.presence.stop();
+  state.offers.clear();
+  state.supervisor.stop();
+  showView("inbox");
+  $("view-tabs").hidden = true;
   Object.assign(state, {
     agent: null,
     agents: [],
@@ -190,6 +208,10 @@ async function checkSessionAfterFailedHandshake(failures) {
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) sessionExpired();
   }
+}
+
+function isSupervisor() {
+  return Boolean(state.agent) && (state.agent.role === "supervisor" || state.agent.role === "admin");
 }
 
 function reportError(err) {
@@ -296,6 +318,7 @@ async function refreshList() {
     state.conversations = res.conversations || [];
     state.nextBefore = res.next_before ?? null;
     renderList();
+    state.offers.fromConversations(state.conversations);
   } catch (err) {
     if (seq === state.seq.list) reportError(err);
   }
@@ -335,15 +358,6 @@ function conversationName(c) {
   return displayName(c.contact, c.address, c.channel_kind);
 }
 
-function channelBadge(kind, name) {
-  const label = kind || name || "channel";
-  return h("span", { class: `channel-badge channel-${cssToken(label)}`, title: name || label }, label);
-}
-
-function cssToken(value) {
-  return String(value).toLowerCase().replace(/[^a-z0-9_-]/g, "");
-}
-
 function previewText(c) {
   const last = c.last_message;
   if (!last) return c.subject || "No messages yet";
@@ -374,6 +388,8 @@ function renderList() {
     if (state.filters.status === "all" && c.status !== "open")
       tags.push(h("span", { class: `mini-status status-${cssToken(c.status)}` }, STATUS_LABELS[c.status] || c.status));
     if (isNotablePriority(c.priority)) tags.push(h("span", { class: "mini-priority" }, String(c.priority)));
+    if (c.queue && c.assignee_id == null)
+      tags.push(h("span", { class: "mini-queue", title: `Waiting in queue ${c.queue}` }, c.queue));
     if (c.assignee && state.filters.assignee !== "me")
       tags.push(h("span", { class: "mini-assignee", title: `Assigned to ${c.assignee.name}` }, c.assignee.name));
     const bottomLine = h(
@@ -434,6 +450,7 @@ function conversationIdFromHash() {
 
 function selectConversation(id) {
   id = Number(id);
+  if (state.view !== "inbox") showView("inbox");
   if (state.selectedId === id && state.selected) return;
   saveDraft();
   state.selectedId = id;
@@ -517,14 +534,53 @@ function renderConversation({ scrollToEnd = false } = {}) {
   const meta = [channelBadge(c.channel_kind, c.channel)];
   if (c.address && c.address !== name) meta.push(h("span", { class: "meta-address" }, c.address));
   if (c.subject) meta.push(h("span", { class: "meta-subject", title: c.subject }, c.subject));
+  meta.push(routingMeta(c));
   fill($("conversation-meta"), meta);
 
   renderAssignee(c);
   const resolved = c.status === "resolved";
   $("resolve-button").hidden = resolved;
   $("reopen-button").hidden = !resolved;
+  $("transfer-button").hidden = resolved || !(isSupervisor() || c.assignee_id === state.agent.id);
 
   renderTimeline(messages, { scrollToEnd });
+}
+
+/** Where routing has the conversation: its queue (while it waits there) and any open offer. */
+function routingMeta(c) {
+  const parts = [];
+  if (c.queue) {
+    const since = c.assignee_id == null && c.enqueued_at ? `, waiting since ${fullTime(c.enqueued_at)}` : "";
+    const title = `Queue ${c.queue}${since}`;
+    parts.push(h("span", { class: "queue-chip", testid: "conversation-queue", title }, c.queue));
+  }
+  if (c.offered_to != null) {
+    const agent = state.agents.find((a) => a.id === c.offered_to);
+    const to = c.offered_to === state.agent.id ? "you" : agent ? agent.name : `agent #${c.offered_to}`;
+    parts.push(h("span", { class: "meta-offer", testid: "conversation-offered" }, `offered to ${to}`));
+  }
+  return parts;
+}
+
+function transferSelected() {
+  const c = state.selected && state.selected.conversation;
+  if (!c) return;
+  openTransfer({
+    conversation: c,
+    title: conversationName(c),
+    targets: () => loadTargets(isSupervisor()),
+    onDone: (conversation) => {
+      scheduleList();
+      // An agent who handed the conversation to someone else may no longer read it.
+      const mine = (cv) => cv.assignee_id == null || cv.assignee_id === state.agent.id;
+      if (!conversation || !(isSupervisor() || mine(conversation))) clearSelection();
+      else if (conversation.id === state.selectedId && state.selected) {
+        state.selected.conversation = conversation;
+        renderConversation();
+      }
+    },
+    onError: reportError,
+  });
 }
 
 function renderAssignee(c) {
@@ -893,6 +949,9 @@ function renderLiveState(liveState) {
 
 function onLiveFrame(frame) {
   switch (frame.type) {
+    case "hello":
+      state.presence.update(frame.agent);
+      break;
     case "event":
       onLiveEvent(frame.event);
       break;
@@ -905,19 +964,23 @@ function onLiveFrame(frame) {
       refreshAll();
       break;
     default:
-      break; // hello, pong
+      break; // pong
   }
 }
 
 function onLiveEvent(event) {
   if (!event || typeof event.type !== "string") return;
   const type = event.type;
+  state.offers.onEvent(event);
+  state.presence.onEvent(event);
+  state.supervisor.onEvent(event);
+  if (type === "agents.updated" && event.data) state.presence.fromAgents(event.data.agents);
   const conversationId = event.conversation_id != null ? Number(event.conversation_id) : null;
   if (conversationId != null && conversationId === state.selectedId) {
     if (type === "message.received") hideTyping();
     scheduleConversation();
   }
-  const touchesConversations = /^(message|conversation|note)\./.test(type);
+  const touchesConversations = /^(message|conversation|note|offer)\./.test(type);
   if (touchesConversations) scheduleList();
   const contactId = event.contact_id != null ? Number(event.contact_id) : null;
   if (contactId != null && contactId === state.contactId && (touchesConversations || type.startsWith("contact."))) {
@@ -941,6 +1004,8 @@ function refreshAll() {
   if (!state.agent) return;
   loadAgents();
   refreshList();
+  state.offers.refresh();
+  if (state.supervisor.visible) state.supervisor.load();
   if (state.selectedId != null) loadConversation();
   if (state.contactId != null) refreshContact();
 }
@@ -949,10 +1014,70 @@ async function loadAgents() {
   try {
     const res = await api.agents();
     state.agents = res.agents || [];
+    state.presence.fromAgents(state.agents);
     if (state.selected) renderAssignee(state.selected.conversation);
   } catch (err) {
     reportError(err);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Views: the inbox (#/conversations/<id> or none) and, for supervisors, #/supervisor
+
+function createViews() {
+  state.presence = new PresenceControl(
+    { select: $("presence-select"), dot: $("presence-dot"), note: $("presence-note") },
+    { onError: reportError },
+  );
+  state.offers = new Offers($("offers"), {
+    agentId: () => (state.agent ? state.agent.id : null),
+    lookup: (id) =>
+      state.conversations.find((c) => c.id === id) ||
+      (state.selected && state.selected.conversation.id === id ? state.selected.conversation : null),
+    label: conversationName,
+    onAccepted: (conversation) => {
+      scheduleList();
+      if (conversation.id === state.selectedId) loadConversation();
+      else selectConversation(conversation.id);
+    },
+    onError: reportError,
+  });
+  state.supervisor = new SupervisorView($("supervisor-view"), { onError: reportError });
+}
+
+function route() {
+  if (!state.agent) return;
+  if (location.hash === "#/supervisor") {
+    if (isSupervisor()) {
+      showView("supervisor");
+      return;
+    }
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  showView("inbox");
+  const id = conversationIdFromHash();
+  if (id != null) {
+    if (id !== state.selectedId) selectConversation(id);
+  } else if (state.selectedId != null) {
+    history.replaceState(null, "", `#/conversations/${state.selectedId}`);
+  } else {
+    renderNoSelection();
+  }
+}
+
+function showView(view) {
+  state.view = view;
+  const supervisor = view === "supervisor";
+  $("app").dataset.view = view;
+  document.querySelector(".list-pane").hidden = supervisor;
+  $("conversation-pane").hidden = supervisor;
+  $("contact-panel").hidden = supervisor;
+  for (const [tab, name] of [["inbox-tab", "inbox"], ["supervisor-tab", "supervisor"]]) {
+    if (name === view) $(tab).setAttribute("aria-current", "page");
+    else $(tab).removeAttribute("aria-current");
+  }
+  if (supervisor && !state.supervisor.visible) state.supervisor.show();
+  else if (!supervisor && state.supervisor.visible) state.supervisor.hide();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -973,12 +1098,9 @@ function bindStaticHandlers() {
     const value = e.currentTarget.value;
     updateSelected({ assignee_id: value ? Number(value) : null });
   });
+  $("transfer-button").addEventListener("click", transferSelected);
   $("back-to-list").addEventListener("click", clearSelection);
-  window.addEventListener("hashchange", () => {
-    if (!state.agent) return;
-    const id = conversationIdFromHash();
-    if (id != null && id !== state.selectedId) selectConversation(id);
-  });
+  window.addEventListener("hashchange", route);
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible" && state.selected) {
       markSeen(state.selected.conversation);
