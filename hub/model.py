@@ -181,6 +181,7 @@ class EventType(enum.StrEnum):
     OFFER_DECLINED = "offer.declined"
     CONVERSATION_UNASSIGNED = "conversation.unassigned"
     ROUTING_NO_AGENT = "routing.no_agent"
+    SLA_BREACHED = "conversation.sla_breached"
     QUEUE_UPDATED = "queue.updated"
 
 

@@ -49,7 +49,7 @@ from routing.model import (
 )
 from routing.queues import QueueStore
 from storage.engine import Database
-from storage.models import Agent, Contact, Conversation, Message
+from storage.models import Agent, Contact, Conversation, Message, QueueWait
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +365,7 @@ class Router:
             report.requeued = sum(1 for e in requeued if e.type == EventType.CONVERSATION_QUEUED)
             events += requeued
             events += self._back_reopened(s, now)
+            events += self._record_breaches(s, now, specs)
             queued = self._enqueue_new(s, now, ordered)
             report.enqueued = len(queued)
             events += queued
@@ -484,6 +485,46 @@ class Router:
                 assignee_online=agent_presence == Presence.ONLINE.value,
                 wait=False,
             )
+        return events
+
+    # -- SLA: waits past their queue's target, recorded once --------------------------------
+
+    def _record_breaches(
+        self, s: Session, now: datetime, specs: Mapping[str, QueueSpec]
+    ) -> list[EventRecord]:
+        if not specs:
+            return []
+        earliest = now - timedelta(seconds=min(q.sla_seconds for q in specs.values()))
+        rows = s.execute(
+            select(QueueWait.id, QueueWait.conversation_id, QueueWait.queue, QueueWait.enqueued_at).where(
+                QueueWait.ended_at.is_(None),
+                QueueWait.breached_at.is_(None),
+                QueueWait.enqueued_at <= earliest,
+            )
+        ).all()
+        events: list[EventRecord] = []
+        for row in rows:
+            spec = specs.get(row.queue)
+            if spec is None or row.enqueued_at > now - timedelta(seconds=spec.sla_seconds):
+                continue
+            done = s.execute(
+                update(QueueWait)
+                .where(QueueWait.id == row.id, QueueWait.breached_at.is_(None))
+                .values(breached_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(done, "rowcount", 0) == 1:  # another process may have recorded it first
+                events.append(
+                    new_event(
+                        EventType.SLA_BREACHED,
+                        at=now,
+                        conversation_id=row.conversation_id,
+                        queue=row.queue,
+                        sla_seconds=spec.sla_seconds,
+                        waited_seconds=round((now - row.enqueued_at).total_seconds(), 3),
+                        assignee_id=None,
+                    )
+                )
         return events
 
     # -- step 5: new conversations into queues -----------------------------------------------

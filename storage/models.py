@@ -213,6 +213,8 @@ class QueueWait(Base):
     # answered (assigned to an agent), abandoned (resolved while waiting), moved (overflow/transfer)
     outcome: Mapped[str | None] = mapped_column(String(20))
     agent_id: Mapped[int | None] = mapped_column(BigInteger)
+    # When the wait passed its queue's first-response target (recorded once, with an event).
+    breached_at: Mapped[datetime | None]
 
 
 class Message(Base):

@@ -259,3 +259,20 @@ async def test_reopened_conversation_goes_back_to_its_agent(database: Database, 
     await router.run_round()
     assert (await agent_row(database, ana)).load == 25
     assert (await conversation_row(database, cid)).assignee_id == ana
+
+
+async def test_a_wait_past_the_target_is_recorded_once(database: Database, clock: Clock) -> None:
+    router, _ = await make_router(database, clock, QueueSpec(name="general", sla_seconds=60))
+    cid = await add_conversation(database)
+    await router.run_round()  # queued; nobody online
+    clock.advance(59)
+    await router.run_round()
+    assert await stored_events(database, EventType.SLA_BREACHED) == []
+    clock.advance(2)
+    for _ in range(2):
+        await router.run_round()
+    breaches = await stored_events(database, EventType.SLA_BREACHED)
+    assert [(e.conversation_id, e.data["queue"], e.data["sla_seconds"]) for e in breaches] == [
+        (cid, "general", 60)
+    ]
+    assert breaches[0].data["waited_seconds"] == 61.0

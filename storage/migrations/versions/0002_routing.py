@@ -99,6 +99,7 @@ def upgrade() -> None:
         sa.Column("ended_at", storage.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("outcome", sa.String(length=20), nullable=True),
         sa.Column("agent_id", sa.BigInteger(), nullable=True),
+        sa.Column("breached_at", storage.models.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_queue_waits")),
     )
     with op.batch_alter_table("queue_waits", schema=None) as batch_op:
