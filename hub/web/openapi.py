@@ -726,6 +726,15 @@ def _routing_paths() -> dict[str, Any]:
             )
         },
         "/api/queues/{name}": {
+            "get": _op(
+                "A queue's definition and match position (supervisors, admins)",
+                {
+                    "200": _json({"type": "object", "properties": {"queue": QUEUE_SPEC}}),
+                    **_errors(401, 403, 404),
+                },
+                params=[name_path],
+                tag="routing",
+            ),
             "put": _op(
                 "Create or replace a queue (admin)",
                 {

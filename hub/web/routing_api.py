@@ -84,6 +84,16 @@ async def transfer(request: web.Request) -> web.Response:
     return await _conversation(request, conversation_id)
 
 
+async def get_queue(request: web.Request) -> web.Response:
+    await principal(request, min_role=Role.SUPERVISOR)
+    name = request.match_info["name"]
+    hub = request.app[HUB]
+    for position, spec in enumerate(await hub.queues.current()):
+        if spec.name == name:
+            return web.json_response({"queue": {**hub.queues.as_json(spec), "position": position}})
+    raise UserError("not_found", f"no queue named {name!r}", status=404)
+
+
 async def put_queue(request: web.Request) -> web.Response:
     await principal(request, min_role=Role.ADMIN)
     body = await json_body(request)
@@ -111,6 +121,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/api/conversations/{id}/accept", accept_offer),
         web.post("/api/conversations/{id}/decline", decline_offer),
         web.post("/api/conversations/{id}/transfer", transfer),
+        web.get("/api/queues/{name}", get_queue),
         web.put("/api/queues/{name}", put_queue),
         web.delete("/api/queues/{name}", delete_queue),
     ]

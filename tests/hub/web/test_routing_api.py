@@ -153,6 +153,11 @@ async def test_offers_are_accepted_with_their_version_only(routed: Live) -> None
         json={"mode": "offer", "offer_timeout_seconds": 60},
     )
     assert status == 200 and body["queue"]["mode"] == "offer"
+    status, body = await call(routed, "GET", "/api/queues/general", admin.headers)
+    assert (status, body["queue"]["mode"], body["queue"]["position"]) == (200, "offer", 0)
+    status, body = await call(routed, "PUT", "/api/queues/general", admin.headers, json={"mode": "telepathy"})
+    assert (status, body["error"]) == (422, "invalid_queue") and "telepathy" in body["detail"]
+    assert (await call(routed, "GET", "/api/queues/nowhere", admin.headers))[0] == 404
     ana = await login(routed)
     ws = await open_live(routed, ana.headers)
     cid = (await customer_says(routed.hub, "v-6")).conversation_id
