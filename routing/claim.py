@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Row, select, update
+from sqlalchemy import CursorResult, Row, Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from hub.model import ConversationStatus, EventRecord, EventType, Refused, new_event
@@ -40,7 +40,14 @@ HOLDS_CAPACITY = frozenset(
 )
 DEFAULT_COST = UNKNOWN_CHANNEL_COST
 
-_CONV = Conversation.__table__.c
+# Statements are built on the tables (SQLAlchemy Core), not the ORM classes: the claim path runs
+# thousands of times a second and the ORM's bulk-update machinery would cost more than the SQL.
+_AGENTS = cast(Table, Agent.__table__)
+_CONVERSATIONS = cast(Table, Conversation.__table__)
+_WAITS = cast(Table, QueueWait.__table__)
+_A = _AGENTS.c
+_CONV = _CONVERSATIONS.c
+_W = _WAITS.c
 _CONV_COLUMNS = (
     _CONV.id,
     _CONV.contact_id,
@@ -100,10 +107,9 @@ def _rowcount(result: Any) -> int:
 def charge(s: Session, agent_id: int, cost: int, now: datetime) -> None:
     """Take ``cost`` units of the agent's capacity, or refuse with the reason."""
     done = s.execute(
-        update(Agent)
-        .where(Agent.id == agent_id, Agent.active, Agent.load + cost <= Agent.capacity)
-        .values(load=Agent.load + cost, last_assigned_at=now)
-        .execution_options(synchronize_session=False)
+        update(_AGENTS)
+        .where(_A.id == agent_id, _A.active, _A.load + cost <= _A.capacity)
+        .values(load=_A.load + cost, last_assigned_at=now)
     )
     if _rowcount(done) == 1:
         return
@@ -123,21 +129,15 @@ def credit(s: Session, agent_id: int | None, cost: int) -> None:
     """Give back what a conversation held."""
     if agent_id is None or cost <= 0:
         return
-    s.execute(
-        update(Agent)
-        .where(Agent.id == agent_id)
-        .values(load=Agent.load - cost)
-        .execution_options(synchronize_session=False)
-    )
+    s.execute(update(_AGENTS).where(_A.id == agent_id).values(load=_A.load - cost))
 
 
 def _update_conversation(s: Session, row: Row[Any], now: datetime, **values: Any) -> None:
     """Write routing fields, fenced by the version read under lock, and bump the version."""
     done = s.execute(
-        update(Conversation)
-        .where(Conversation.id == row.id, Conversation.routing_version == row.routing_version)
+        update(_CONVERSATIONS)
+        .where(_CONV.id == row.id, _CONV.routing_version == row.routing_version)
         .values(routing_version=row.routing_version + 1, updated_at=now, **values)
-        .execution_options(synchronize_session=False)
     )
     if _rowcount(done) != 1:  # cannot happen under the lock; refuse rather than guess
         raise Refused("conflict", f"conversation {row.id} changed meanwhile; reload", status=409)
@@ -148,18 +148,13 @@ def _end_wait(
 ) -> float | None:
     """Close the conversation's open queue stay; returns how long it waited."""
     started = s.execute(
-        select(QueueWait.enqueued_at).where(
-            QueueWait.conversation_id == conversation_id, QueueWait.ended_at.is_(None)
-        )
+        update(_WAITS)
+        .where(_W.conversation_id == conversation_id, _W.ended_at.is_(None))
+        .values(ended_at=now, outcome=outcome, agent_id=agent_id)
+        .returning(_W.enqueued_at)
     ).scalar()
     if started is None:
         return None
-    s.execute(
-        update(QueueWait)
-        .where(QueueWait.conversation_id == conversation_id, QueueWait.ended_at.is_(None))
-        .values(ended_at=now, outcome=outcome, agent_id=agent_id)
-        .execution_options(synchronize_session=False)
-    )
     return max(0.0, (now - started).total_seconds())
 
 
@@ -261,8 +256,8 @@ def enqueue(
         return []
     _end_wait(s, row.id, now, "moved", None)
     (wait_id,) = allocate_ids(s, QueueWait, 1)
-    s.add(
-        QueueWait(
+    s.execute(
+        insert(_WAITS).values(
             id=wait_id,
             conversation_id=row.id,
             queue=queue,
@@ -271,7 +266,6 @@ def enqueue(
             enqueued_at=now,
         )
     )
-    s.flush()
     _update_conversation(s, row, now, queue=queue, enqueued_at=now, declined_by=[])
     return [
         new_event(
@@ -370,12 +364,7 @@ def accept(
             status=409,
         )
     waited = _end_wait(s, row.id, now, "answered", agent_id)
-    s.execute(
-        update(Agent)
-        .where(Agent.id == agent_id)
-        .values(last_assigned_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    s.execute(update(_AGENTS).where(_A.id == agent_id).values(last_assigned_at=now))
     _update_conversation(
         s,
         row,

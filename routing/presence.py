@@ -46,9 +46,24 @@ def observe(
         query = query.where(Agent.id.in_(agent_ids))
     changes: list[Change] = []
     events: list[EventRecord] = []
-    for row in s.execute(query):
-        now_is = effective(row.status, row.presence_at, now, timeout)
-        if now_is == row.presence:
+    differing = [
+        (row, now_is)
+        for row in s.execute(query)
+        if (now_is := effective(row.status, row.presence_at, now, timeout)) != row.presence
+    ]
+    if not differing:
+        return changes, events
+    # Rows another transaction holds are left to it (or to the next round): never wait on them.
+    free = set(
+        s.execute(
+            select(Agent.id)
+            .where(Agent.id.in_(sorted(row.id for row, _ in differing)))
+            .order_by(Agent.id)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+    for row, now_is in differing:
+        if row.id not in free:
             continue
         done = s.execute(
             update(Agent)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,6 +57,10 @@ log = logging.getLogger(__name__)
 Record = Callable[[Session, list[EventRecord]], list[EventRecord]]
 Publish = Callable[[list[EventRecord]], None]
 CLAIMS_PER_TRANSACTION = 64
+ENQUEUE_PER_TRANSACTION = 500
+SKIPPED_RETRY_SECONDS = 0.1
+# The advisory lock whose holder routes (PostgreSQL); any fixed 64-bit number unique to the hub.
+ROUTER_LOCK_KEY = 0x6875625F726F7574  # "hub_rout"
 
 _C = Conversation.__table__.c
 _ACTIVE = _C.status.in_(sorted(claim.HOLDS_CAPACITY))
@@ -74,6 +79,7 @@ class RoundReport:
     refused: int = 0
     waiting: int = 0
     presence_changes: int = 0
+    skipped: bool = False  # another process was routing; this one will try again shortly
     assign_latencies: list[float] = field(default_factory=list)  # seconds, claim commit - round start
 
 
@@ -100,6 +106,7 @@ class Router:
         self._connections: Counter[int] = Counter()
         self._last_heartbeat = 0.0
         self._reported: dict[int, tuple[int, str]] = {}  # conversation -> (step, reason) last told
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -113,6 +120,8 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._background:  # signals still being stored: let them finish before the engine goes
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     def wake(self, queues: Iterable[str] | None = None) -> None:
         """Run a round soon; ``queues`` limits its planning to those (None: all)."""
@@ -131,8 +140,11 @@ class Router:
             self._wakeup.clear()
             only, self._dirty = (self._dirty if woken else None), set()
             try:
-                await self.run_round(only=only)
+                report = await self.run_round(only=only)
                 failures = 0
+                if report.skipped:  # the other router may have read its snapshot before our trigger
+                    await asyncio.sleep(SKIPPED_RETRY_SECONDS * (0.5 + random.random()))
+                    self.wake(only)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -346,13 +358,25 @@ class Router:
     # -- one round ---------------------------------------------------------------------------
 
     async def run_round(self, *, only: set[str] | None = None, now: datetime | None = None) -> RoundReport:
-        """One pass of the six steps; ``only`` limits step 6 to these queues plus any touched."""
+        """One pass of the six steps; ``only`` limits step 6 to these queues plus any touched.
+
+        Processes sharing a PostgreSQL database take turns: a round runs only while its process
+        holds the router's advisory lock, so routers never race each other for the same rows (the
+        claim path would keep them correct, but their identical plans would mostly collide). A
+        process that finds the lock taken reports ``skipped`` and tries again shortly.
+        """
         report = RoundReport()
-        started = time.perf_counter()
-        now = now or self.clock()
-        specs = {q.name: q for q in await self.queues.current()}
-        ordered = list(specs.values())
         await self._refresh_heartbeats()
+        async with self.db.exclusive(ROUTER_LOCK_KEY) as ours:
+            if not ours:
+                report.skipped = True
+                return report
+            await self._round(report, only, now or self.clock())
+        return report
+
+    async def _round(self, report: RoundReport, only: set[str] | None, now: datetime) -> None:
+        started = time.perf_counter()
+        specs = {q.name: q for q in await self.queues.current()}
         touched: set[str] = set()
 
         def housekeeping(s: Session) -> list[EventRecord]:
@@ -366,23 +390,29 @@ class Router:
             events += requeued
             events += self._back_reopened(s, now)
             events += self._record_breaches(s, now, specs)
-            queued = self._enqueue_new(s, now, ordered)
-            report.enqueued = len(queued)
-            events += queued
-            touched.update(e.data["queue"] for e in events if e.type == EventType.CONVERSATION_QUEUED)
             if changes or ended:
                 touched.update(specs)  # an agent came or went: every queue may move
             return self.record(s, events)
 
         events = await self.db.run_write(housekeeping)
         self.publish(events)
+        # New conversations into queues, in short transactions (each holds its rows' locks).
+        ordered = list(specs.values())
+        while True:
+            queued = await self.db.run_write(lambda s: self.record(s, self._enqueue_new(s, now, ordered)))
+            self.publish(queued)
+            report.enqueued += len(queued)
+            events += queued
+            if len(queued) < ENQUEUE_PER_TRANSACTION:
+                break
+        touched.update(e.data["queue"] for e in events if e.type == EventType.CONVERSATION_QUEUED)
         targets = None if only is None else (only | touched)
         if targets is not None and not targets:
-            return report
+            return
         waiting, versions = await self._waiting(specs, targets)
         report.waiting = len(waiting)
         if not waiting:
-            return report
+            return
         agents = await self._agents()
         decisions = plan(specs, waiting, agents, now, self.settings.costs)
         await self._carry_out(decisions, versions, specs, now, report, started)
@@ -393,7 +423,6 @@ class Router:
             await self._carry_out(
                 [d for d in decisions if d.overflow_to is None], versions, specs, now, report, started
             )
-        return report
 
     # -- step 2: offers ----------------------------------------------------------------------
 
@@ -535,7 +564,7 @@ class Router:
             .join(Contact, Contact.id == _C.contact_id)
             .where(_C.assignee_id.is_(None), _C.offered_to.is_(None), _C.enqueued_at.is_(None), _ACTIVE)
             .order_by(_C.id)
-            .limit(5000)
+            .limit(ENQUEUE_PER_TRANSACTION)
         ).all()
         if not rows:
             return []
@@ -732,7 +761,9 @@ class Router:
         if len(self._reported) > 100_000:
             self._reported.clear()
         if fresh:
-            asyncio.get_running_loop().create_task(self._store_signals(fresh))
+            task = asyncio.get_running_loop().create_task(self._store_signals(fresh))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _store_signals(self, events: list[EventRecord]) -> None:
         try:

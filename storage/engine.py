@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 
@@ -113,6 +113,27 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with self._read_sessions() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def exclusive(self, key: int) -> AsyncIterator[bool]:
+        """Whether this process holds ``key`` among every process sharing the database, for the block.
+
+        PostgreSQL: a session advisory lock, tried without waiting, on a connection kept for the
+        block (a process that dies releases it with its connection). SQLite: always True; its single
+        writer already serialises what the lock guards.
+        """
+        if self.is_sqlite:
+            yield True
+            return
+        async with self.writer.connect() as conn:
+            got = bool((await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar())
+            await conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    await conn.commit()
 
     async def run_write(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` (synchronous code over a Session) in one write transaction, committed when it

@@ -177,6 +177,8 @@ async def test_agent_add_while_serving_can_log_in_at_once(tmp_path: Path) -> Non
             "email": "sue@example.com",
             "name": "Sue",
             "role": "supervisor",
+            "status": "online",
+            "presence": "offline",
         }  # type: ignore[index]
 
         code, out, err = chosen
