@@ -358,7 +358,8 @@ class Router:
     # -- one round ---------------------------------------------------------------------------
 
     async def run_round(self, *, only: set[str] | None = None, now: datetime | None = None) -> RoundReport:
-        """One pass of the six steps; ``only`` limits step 6 to these queues plus any touched.
+        """One pass of the six steps. ``only`` (a round woken by arrivals) limits it to reopened and
+        new conversations and to planning these queues plus those touched; a sweep does everything.
 
         Processes sharing a PostgreSQL database take turns: a round runs only while its process
         holds the router's advisory lock, so routers never race each other for the same rows (the
@@ -380,6 +381,10 @@ class Router:
         touched: set[str] = set()
 
         def housekeeping(s: Session) -> list[EventRecord]:
+            if only is not None:
+                # A round woken by an arrival: reopened conversations only. Timeouts, grace periods
+                # and targets are the sweep's work (presence changes run their own checks at once).
+                return self.record(s, self._back_reopened(s, now))
             changes, events = presence.observe(s, now, self.settings.heartbeat_timeout_seconds)
             report.presence_changes = len(changes)
             ended = self._end_offers(s, now)
