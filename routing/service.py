@@ -50,7 +50,7 @@ from routing.model import (
 )
 from routing.queues import QueueStore
 from storage.engine import Database
-from storage.models import Agent, Contact, Conversation, Message, QueueWait
+from storage.models import Agent, Contact, Conversation, Event, Message, QueueWait
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ SKIPPED_RETRY_SECONDS = 0.1
 ROUTER_LOCK_KEY = 0x6875625F726F7574  # "hub_rout"
 
 _C = Conversation.__table__.c
+_PRESENCE = {p.value: p for p in Presence}
 _ACTIVE = _C.status.in_(sorted(claim.HOLDS_CAPACITY))
 
 
@@ -107,6 +108,9 @@ class Router:
         self._last_heartbeat = 0.0
         self._reported: dict[int, tuple[int, str]] = {}  # conversation -> (step, reason) last told
         self._background: set[asyncio.Task[None]] = set()
+        self._agent_profiles: (
+            tuple[tuple[Any, ...], dict[int, tuple[str, int, dict[str, int], frozenset[str]]]] | None
+        ) = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -634,34 +638,61 @@ class Router:
         return waiting, {r.id: r.routing_version for r in rows}
 
     async def _agents(self) -> list[AgentState]:
+        """Every active agent as the planner sees them. What changes with each claim (presence, load,
+        last assignment) is read every time; skills, channels, capacity and names only when an agent
+        was created, changed or deactivated since (JSON decoding 2,000 rows is most of a round)."""
         async with self.db.read() as s:
-            rows = (
+            stamp = (
                 await s.execute(
                     select(
-                        Agent.id,
-                        Agent.name,
-                        Agent.presence,
-                        Agent.capacity,
-                        Agent.load,
-                        Agent.skills,
-                        Agent.channel_kinds,
-                        Agent.last_assigned_at,
-                    ).where(Agent.active)
+                        select(func.max(Event.id))
+                        .where(Event.type.in_([EventType.AGENT_CREATED.value, EventType.AGENT_UPDATED.value]))
+                        .scalar_subquery(),
+                        select(func.count()).select_from(Agent).where(Agent.active).scalar_subquery(),
+                    )
+                )
+            ).one()
+            if self._agent_profiles is None or self._agent_profiles[0] != tuple(stamp):
+                rows = await s.execute(
+                    select(Agent.id, Agent.name, Agent.capacity, Agent.skills, Agent.channel_kinds).where(
+                        Agent.active
+                    )
+                )
+                profiles = {
+                    r.id: (
+                        r.name,
+                        r.capacity,
+                        {str(k): int(v) for k, v in (r.skills or {}).items()},
+                        frozenset(r.channel_kinds or ()),
+                    )
+                    for r in rows
+                }
+                self._agent_profiles = (tuple(stamp), profiles)
+            profiles = self._agent_profiles[1]
+            now_rows = (
+                await s.execute(
+                    select(Agent.id, Agent.presence, Agent.load, Agent.last_assigned_at).where(Agent.active)
                 )
             ).all()
-        return [
-            AgentState(
-                id=r.id,
-                name=r.name,
-                presence=Presence(r.presence),
-                capacity=r.capacity,
-                load=r.load,
-                skills={str(k): int(v) for k, v in (r.skills or {}).items()},
-                channel_kinds=frozenset(r.channel_kinds or ()),
-                last_assigned_at=r.last_assigned_at,
+        agents = []
+        for r in now_rows:
+            profile = profiles.get(r.id)
+            if profile is None:  # created after the profiles were read: next round knows them
+                continue
+            name, capacity, skills, kinds = profile
+            agents.append(
+                AgentState(
+                    id=r.id,
+                    name=name,
+                    presence=_PRESENCE[r.presence],
+                    capacity=capacity,
+                    load=r.load,
+                    skills=skills,
+                    channel_kinds=kinds,
+                    last_assigned_at=r.last_assigned_at,
+                )
             )
-            for r in rows
-        ]
+        return agents
 
     async def _carry_out(
         self,
