@@ -1,4 +1,4 @@
-"""``python -m bench [ingest] [webchat] [options]``: run the benchmarks, one JSON line per figure."""
+"""``python -m bench [ingest] [webchat] [route] [options]``: run the benchmarks, one JSON line per figure."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import sys
 
-from bench import ingest, webchat
+from bench import ingest, route, webchat
 from bench.common import emit, progress
 
-BENCHMARKS = ("ingest", "webchat")
+BENCHMARKS = ("ingest", "webchat", "route")
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 # (full run, --quick): the full run follows the issue's targets and stays under about two minutes.
@@ -20,6 +20,11 @@ SIZES = {
     "visitors": (1_000, 50),
     "rate": (1_000.0, 200.0),
     "duration": (15.0, 2.0),
+    "agents": (2_000, 200),
+    "queued": (10_000, 1_000),
+    "queues": (200, 20),
+    "skills": (50, 10),
+    "arrivals": (200, 20),
 }
 
 
@@ -33,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "ingest: {bench, db, messages, per_s, limit_per_s, ratio, ...} per database; "
             "webchat: {bench: websocket_echo, ...} then {bench: webchat_to_agent, visitors, rate, "
-            "p50_ms, p90_ms, p99_ms, max_ms, lost, ...}. See bench/ingest.py and bench/webchat.py "
+            "p50_ms, p90_ms, p99_ms, max_ms, lost, ...}; route: {bench: route, db, agents, queued, "
+            "queues, skills, p50_ms, p99_ms, assignments_per_s, ...} then {bench: route_arrival, db, "
+            "p50_ms, p99_ms, ...} per database. See bench/ingest.py, bench/webchat.py and bench/route.py "
             "for what each figure measures."
         ),
     )
@@ -72,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--rate", type=float, help="messages per second, all visitors together (default 1000)")
     chat.add_argument("--duration", type=float, help="seconds of sending (default 15; quick 2)")
     chat.add_argument("--no-echo", action="store_true", help="skip the websocket echo baseline")
+    routing = parser.add_argument_group("route (also uses --db and --postgres-url)")
+    routing.add_argument("--agents", type=int, help="online agents (default 2000; quick 200)")
+    routing.add_argument(
+        "--queued", type=int, help="conversations waiting at the start (default 10000; quick 1000)"
+    )
+    routing.add_argument("--queues", type=int, help="queues (default 200; quick 20)")
+    routing.add_argument("--skills", type=int, help="skill names (default 50; quick 10)")
+    routing.add_argument(
+        "--arrivals", type=int, help="new conversations timed one by one (default 200; quick 20)"
+    )
     return parser
 
 
@@ -126,6 +143,22 @@ async def run(args: argparse.Namespace) -> int:
             failed += 1
             progress(f"ingest failed: {exc!r}")
             emit({"bench": "ingest", "error": repr(exc)})
+    if "route" in chosen:
+        opts_route = route.RouteOptions(
+            agents=int(sized(args, "agents")),
+            queued=int(sized(args, "queued")),
+            queues=int(sized(args, "queues")),
+            skills=int(sized(args, "skills")),
+            arrivals=int(sized(args, "arrivals")),
+            databases=tuple(args.db.split(",")),
+            postgres_url=args.postgres_url,
+        )
+        try:
+            await route.run(opts_route)
+        except Exception as exc:
+            failed += 1
+            progress(f"route failed: {exc!r}")
+            emit({"bench": "route", "error": repr(exc)})
     return 1 if failed else 0
 
 

@@ -27,6 +27,8 @@ KEYS = {
         "achieved_rate",
         "duration_s",
     },
+    "route": {"bench", "db", "agents", "queued", "queues", "skills", "p50_ms", "p99_ms", "assignments_per_s"},
+    "route_arrival": {"bench", "db", "arrivals", "assigned", "p50_ms", "p99_ms"},
 }
 
 
@@ -43,7 +45,11 @@ def quick_run(benchmark: str) -> list[dict[str, object]]:
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(
     ("benchmark", "figures"),
-    [("ingest", {"ingest"}), ("webchat", {"websocket_echo", "webchat_to_agent"})],
+    [
+        ("ingest", {"ingest"}),
+        ("webchat", {"websocket_echo", "webchat_to_agent"}),
+        ("route", {"route", "route_arrival"}),
+    ],
 )
 def test_quick_run_prints_one_json_line_per_figure(benchmark: str, figures: set[str]) -> None:
     lines = quick_run(benchmark)
@@ -56,3 +62,7 @@ def test_quick_run_prints_one_json_line_per_figure(benchmark: str, figures: set[
     if benchmark == "ingest":
         sqlite = [line for line in lines if line["db"] == "sqlite"]
         assert len(sqlite) == 1 and sqlite[0]["stored"] == sqlite[0]["messages"]
+    if benchmark == "route":  # the router really drained the backlog and took the arrivals
+        for line in lines:
+            if "skipped" not in line:
+                assert line["assigned"] > 0, line
