@@ -282,6 +282,7 @@ def _store_batch(
                     channel=p.msg.channel,
                     channel_kind=p.msg.channel_kind,
                     assignee_id=conv.assignee_id,
+                    queue=conv.queue,
                     text=p.msg.text[:500],
                     author=p.msg.sender_name or p.address,
                 )
@@ -421,6 +422,9 @@ class _Conv:
     assignee_id: int | None
     last_message_at: datetime
     resolved_at: datetime | None
+    # The routing queue it belongs to: events carry it so an agent's live feed shows unassigned
+    # conversations only of the queues they serve.
+    queue: str | None = None
 
 
 def _resolve_conversations(
@@ -446,6 +450,7 @@ def _resolve_conversations(
             Conversation.assignee_id,
             Conversation.last_message_at,
             Conversation.resolved_at,
+            Conversation.queue,
         )
         .where(Conversation.contact_id.in_({contact for contact, _ in pairs}))
         .where(Conversation.channel.in_({channel for _, channel in pairs}))
@@ -459,7 +464,7 @@ def _resolve_conversations(
         if (row.contact_id, row.channel) not in pairs:
             continue
         latest[(row.contact_id, row.channel)] = _Conv(
-            row.id, row.status, row.assignee_id, row.last_message_at, row.resolved_at
+            row.id, row.status, row.assignee_id, row.last_message_at, row.resolved_at, row.queue
         )
     for conv_key, conv in latest.items():
         if conv.status != ConversationStatus.OPEN.value:
@@ -473,6 +478,7 @@ def _resolve_conversations(
                     status=ConversationStatus.OPEN.value,
                     reason="customer replied",
                     assignee_id=conv.assignee_id,
+                    queue=conv.queue,
                 )
             )
             conv.status = ConversationStatus.OPEN.value

@@ -204,3 +204,15 @@ async def test_agents_see_unassigned_work_only_of_the_queues_they_serve(routed: 
     assert cid not in [c["id"] for c in body["conversations"]]
     status, body = await call(routed, "GET", f"/api/conversations/{cid}", admin.headers)
     assert status == 200
+    # Live, too: Olga's socket skips the billing conversation's next message; Bill's shows it.
+    bill_ws, olga_ws = await open_live(routed, biller.headers), await open_live(routed, other.headers)
+    await customer_says(routed.hub, "v-7", "the invoice again")
+    fresh = (await customer_says(routed.hub, "v-8", "hello")).conversation_id
+
+    def received(frame: dict[str, Any]) -> bool:
+        return frame.get("event", {}).get("type") == "message.received"
+
+    assert (await next_frame(bill_ws, received))["event"]["conversation_id"] == cid
+    assert (await next_frame(olga_ws, received))["event"]["conversation_id"] == fresh
+    await bill_ws.close()
+    await olga_ws.close()
