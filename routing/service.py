@@ -422,7 +422,11 @@ class Router:
         report.waiting = len(waiting)
         if not waiting:
             return
-        agents = await self._agents()
+        # A targeted round considers the agents who serve those queues (skills and channels); a
+        # sweep considers everyone, so its explanations count every agent.
+        agents = await self._agents(
+            None if targets is None else [specs[q] for q in sorted(targets) if q in specs]
+        )
         decisions = plan(specs, waiting, agents, now, self.settings.costs)
         await self._carry_out(decisions, versions, specs, now, report, started)
         overflowed = {d.overflow_to for d in decisions if d.overflow_to is not None}
@@ -637,43 +641,23 @@ class Router:
         ]
         return waiting, {r.id: r.routing_version for r in rows}
 
-    async def _agents(self) -> list[AgentState]:
-        """Every active agent as the planner sees them. What changes with each claim (presence, load,
-        last assignment) is read every time; skills, channels, capacity and names only when an agent
-        was created, changed or deactivated since (JSON decoding 2,000 rows is most of a round)."""
+    async def _agents(self, serving: Sequence[QueueSpec] | None = None) -> list[AgentState]:
+        """The active agents as the planner sees them (only those serving ``serving`` when given).
+
+        What changes with each claim (presence, load, last assignment) is read every time; skills,
+        channels, capacity and names only when an agent was created, changed or deactivated since
+        (decoding 2,000 agents' JSON was most of a round)."""
         async with self.db.read() as s:
-            stamp = (
-                await s.execute(
-                    select(
-                        select(func.max(Event.id))
-                        .where(Event.type.in_([EventType.AGENT_CREATED.value, EventType.AGENT_UPDATED.value]))
-                        .scalar_subquery(),
-                        select(func.count()).select_from(Agent).where(Agent.active).scalar_subquery(),
-                    )
+            profiles = await self._profiles(s)
+            query = select(Agent.id, Agent.presence, Agent.load, Agent.last_assigned_at).where(Agent.active)
+            if serving is not None:
+                ids = sorted(
+                    agent_id
+                    for agent_id, (_, _, skills, kinds) in profiles.items()
+                    if any(serves(q, skills, kinds) for q in serving)
                 )
-            ).one()
-            if self._agent_profiles is None or self._agent_profiles[0] != tuple(stamp):
-                rows = await s.execute(
-                    select(Agent.id, Agent.name, Agent.capacity, Agent.skills, Agent.channel_kinds).where(
-                        Agent.active
-                    )
-                )
-                profiles = {
-                    r.id: (
-                        r.name,
-                        r.capacity,
-                        {str(k): int(v) for k, v in (r.skills or {}).items()},
-                        frozenset(r.channel_kinds or ()),
-                    )
-                    for r in rows
-                }
-                self._agent_profiles = (tuple(stamp), profiles)
-            profiles = self._agent_profiles[1]
-            now_rows = (
-                await s.execute(
-                    select(Agent.id, Agent.presence, Agent.load, Agent.last_assigned_at).where(Agent.active)
-                )
-            ).all()
+                query = query.where(Agent.id.in_(ids))
+            now_rows = (await s.execute(query)).all()
         agents = []
         for r in now_rows:
             profile = profiles.get(r.id)
@@ -693,6 +677,35 @@ class Router:
                 )
             )
         return agents
+
+    async def _profiles(self, s: Any) -> dict[int, tuple[str, int, dict[str, int], frozenset[str]]]:
+        stamp = (
+            await s.execute(
+                select(
+                    select(func.max(Event.id))
+                    .where(Event.type.in_([EventType.AGENT_CREATED.value, EventType.AGENT_UPDATED.value]))
+                    .scalar_subquery(),
+                    select(func.count()).select_from(Agent).where(Agent.active).scalar_subquery(),
+                )
+            )
+        ).one()
+        if self._agent_profiles is None or self._agent_profiles[0] != tuple(stamp):
+            rows = await s.execute(
+                select(Agent.id, Agent.name, Agent.capacity, Agent.skills, Agent.channel_kinds).where(
+                    Agent.active
+                )
+            )
+            profiles = {
+                r.id: (
+                    r.name,
+                    r.capacity,
+                    {str(k): int(v) for k, v in (r.skills or {}).items()},
+                    frozenset(r.channel_kinds or ()),
+                )
+                for r in rows
+            }
+            self._agent_profiles = (tuple(stamp), profiles)
+        return self._agent_profiles[1]
 
     async def _carry_out(
         self,
