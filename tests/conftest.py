@@ -23,6 +23,7 @@ from storage.migrate import upgrade
 from storage.models import Base
 from tests.peers.postgres import PostgresServer, create_database, drop_database, find_postgres, run_in_thread
 
+pytest_plugins = ["tests.peers.imap"]  # dovecot, pymap, imap_server
 TABLES = ", ".join(t.name for t in reversed(Base.metadata.sorted_tables))
 
 
