@@ -24,6 +24,7 @@ from hub.attachments import AttachmentStore
 from hub.auth import Accounts, generate_password
 from hub.config import ConfigError, HubConfig
 from hub.conversations import Conversations
+from hub.cursors import Cursors
 from hub.events import EventBus, EventType, new_event, record_events
 from hub.ingest import Ingest, IngestSettings
 from hub.model import InboundMessage, IngestResult, Role, TimelineEntry
@@ -75,6 +76,7 @@ class Hub:
             ),
         )
         self.timeline = Timeline(self.db)
+        self.cursors = Cursors(self.db)
         self.channels: dict[str, BaseChannel] = {}
         self.dispatcher = Dispatcher(
             self.db,
@@ -180,6 +182,12 @@ class Hub:
 
     async def history(self, channel: str, address: str, limit: int = 100) -> list[TimelineEntry]:
         return await self.timeline.customer_history(channel, address, limit)
+
+    async def load_cursor(self, channel: str, key: str) -> str | None:
+        return await self.cursors.load(channel, key)
+
+    async def save_cursor(self, channel: str, key: str, value: str) -> None:
+        await self.cursors.save(channel, key, value)
 
     async def customer_typing(self, channel: str, address: str) -> None:
         found = await self.timeline.latest_conversation(channel, address)

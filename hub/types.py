@@ -24,6 +24,14 @@ class ChannelHost(Protocol):
         """The customer is typing; shown live to agents, never stored."""
         ...
 
+    async def load_cursor(self, channel: str, key: str) -> str | None:
+        """Where this channel's receiver ``key`` (e.g. a mailbox) stopped, or None at first."""
+        ...
+
+    async def save_cursor(self, channel: str, key: str, value: str) -> None:
+        """Move the cursor; call only after what it points past is committed."""
+        ...
+
 
 @runtime_checkable
 class Channel(Protocol):
