@@ -30,7 +30,6 @@ from hub.ingest import Ingest, IngestSettings
 from hub.model import InboundMessage, IngestResult, Role, TimelineEntry
 from hub.outbox import Dispatcher, OutboxSettings
 from hub.timeline import Timeline
-from hub.types import SupervisorView
 from routing.config import load_routing, routing_from_dict
 from routing.queues import QueueStore
 from routing.service import Router
@@ -100,10 +99,12 @@ class Hub:
         self.queues = QueueStore(self.db)
         self.router = Router(self.db, routing_settings, self.queues, record_events, self.bus.publish)
         self._router_triggers: asyncio.Task[None] | None = None
-        self.supervision: SupervisorView = Supervision(
+        self.supervision = Supervision(
             self.db, self.queues.current, routing_settings.costs, routing_settings.heartbeat_timeout_seconds
         )
         self._supervision_feed: asyncio.Task[None] | None = None
+        # Supervisors with an open live socket in this process: the feed works only for them.
+        self.supervisors_watching = 0
         self.conversations = Conversations(
             self.db,
             self.bus,
@@ -142,8 +143,9 @@ class Hub:
 
     async def supervision_feed(self) -> None:
         """Queue and agent reports pushed to supervisors' live sockets (about once a second)."""
-        assert isinstance(self.supervision, Supervision)
-        await self.supervision.run(self.bus.publish, interval=1.0)
+        await self.supervision.run(
+            self.bus.publish, interval=1.0, watched=lambda: self.supervisors_watching > 0
+        )
 
     async def _wake_router_on_arrivals(self) -> None:
         """New conversations and customer messages reach the router at once, not at its next sweep.

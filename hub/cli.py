@@ -60,6 +60,8 @@ async def _serve(cfg: HubConfig) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
+            # Event loops without signal handlers (Windows) raise here; there Ctrl-C still stops the
+            # hub through KeyboardInterrupt, so going on without the handler is the intended path.
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         try:

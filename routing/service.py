@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -124,8 +124,9 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._background:  # signals still being stored: let them finish before the engine goes
-            await asyncio.gather(*self._background, return_exceptions=True)
+        # Writes still running: let them finish before the engine goes.
+        while running := [task for task in self._background if not task.done()]:
+            await asyncio.gather(*running, return_exceptions=True)
 
     def wake(self, queues: Iterable[str] | None = None) -> None:
         """Run a round soon; ``queues`` limits its planning to those (None: all)."""
@@ -171,7 +172,10 @@ class Router:
         self._connections[agent_id] -= 1
         if self._connections[agent_id] <= 0:
             del self._connections[agent_id]
-            await self._heartbeat(agent_id, connected=False)
+            # Closing sockets are often cancelled (server shutdown): the heartbeat runs as the
+            # router's own task, so a cancelled caller neither cuts it short nor leaves it running
+            # after stop() has let the database go.
+            await asyncio.shield(self._in_background(self._heartbeat(agent_id, connected=False)))
 
     async def choose_status(self, agent_id: int, status: str) -> Presence:
         if status not in presence.STATUSES:
@@ -810,9 +814,14 @@ class Router:
         if len(self._reported) > 100_000:
             self._reported.clear()
         if fresh:
-            task = asyncio.get_running_loop().create_task(self._store_signals(fresh))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._store_signals(fresh))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task of the router's that ``stop()`` waits for."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _store_signals(self, events: list[EventRecord]) -> None:
         try:

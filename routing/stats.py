@@ -687,15 +687,25 @@ class Supervision:
 
     # -- the live view ----------------------------------------------------------------------
 
-    async def run(self, publish: Callable[[list[EventRecord]], None], interval: float = 1.0) -> None:
+    async def run(
+        self,
+        publish: Callable[[list[EventRecord]], None],
+        interval: float = 1.0,
+        watched: Callable[[], bool] = lambda: True,
+    ) -> None:
         """Forever: push ``queues.updated`` / ``agents.updated`` (live-only, never stored) whenever
-        the report changed beyond the clock's own ticking."""
+        the report changed beyond the clock's own ticking — while ``watched()`` says someone looks;
+        otherwise nothing is computed, and the next watcher gets fresh reports at once."""
         last: dict[str, Any] = {}
         reports: tuple[tuple[str, Callable[[], Awaitable[dict[str, Any]]]], ...] = (
             ("queues.updated", self.queues),
             ("agents.updated", self.agents),
         )
         while True:
+            if not watched():
+                last.clear()
+                await asyncio.sleep(interval)
+                continue
             started = time.monotonic()
             for kind, compute in reports:
                 try:

@@ -68,8 +68,11 @@ async def live(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     request.app[LIVE_SOCKETS].add(ws)
     viewer = _Viewer(who, request[TOKEN], hub.authenticate)
+    watching = who.is_supervisor
     async with hub.bus.subscribe() as queue:
         pump: asyncio.Task[None] | None = None
+        if watching:
+            hub.supervisors_watching += 1
         try:
             # An open inbox is the agent's heartbeat: with their chosen status it makes them available.
             # Events it causes wait in the queue until the pump starts, after the hello.
@@ -90,7 +93,9 @@ async def live(request: web.Request) -> web.StreamResponse:
                 with contextlib.suppress(asyncio.CancelledError):
                     await pump
             request.app[LIVE_SOCKETS].discard(ws)
-            await asyncio.shield(hub.router.disconnected(who.id))
+            if watching:
+                hub.supervisors_watching -= 1
+            await hub.router.disconnected(who.id)
     return ws
 
 
