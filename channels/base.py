@@ -13,10 +13,11 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from hub.model import OutboundMessage, SendResult
-from hub.types import ChannelHost
+from hub.types import Archive, ChannelHost
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,22 @@ class BaseChannel(abc.ABC):
 
     async def send_typing(self, recipient: str) -> None:  # noqa: B027 - optional hook
         """Show the customer that an agent is typing, where the channel can; silently nothing otherwise."""
+
+    # HELP text of each metric family :meth:`metrics` reports.
+    metric_help: ClassVar[dict[str, str]] = {}
+
+    def metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        """Gauges for ``/metrics`` as (family name, labels, value); none by default."""
+        return []
+
+    def outbound_id(self, msg: OutboundMessage) -> str | None:
+        """The id ``send`` will give ``msg`` when the channel chooses it; None: the remote side does."""
+        return None
+
+    def archive(self, path: Path, fmt: str) -> Archive:
+        """Historical messages from a file in format ``fmt`` (``hub import``), as this channel would
+        have received them live. Channels that can read an archive format override this."""
+        raise ValueError(f"channel kind {self.kind} cannot import {fmt}")
 
     async def stop(self) -> None:
         for task in list(self._tasks):

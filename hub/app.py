@@ -12,11 +12,13 @@ import dataclasses
 import logging
 import os
 import secrets
+from collections.abc import Collection
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import channels.email.channel  # registers the email channel kind
 import channels.webchat  # noqa: F401 - registers the web-chat channel kind
 from channels.base import BaseChannel, channel_class
 from hub.access import Principal
@@ -27,8 +29,9 @@ from hub.conversations import Conversations
 from hub.cursors import Cursors
 from hub.events import EventBus, EventType, new_event, record_events
 from hub.ingest import Ingest, IngestSettings
-from hub.model import InboundMessage, IngestResult, Role, TimelineEntry
+from hub.model import EventRecord, InboundMessage, IngestResult, MessageStatus, Role, TimelineEntry
 from hub.outbox import Dispatcher, OutboxSettings
+from hub.reports import ChannelReports
 from hub.timeline import Timeline
 from routing.config import load_routing, routing_from_dict
 from routing.queues import QueueStore
@@ -76,6 +79,7 @@ class Hub:
         )
         self.timeline = Timeline(self.db)
         self.cursors = Cursors(self.db)
+        self.reports = ChannelReports(self.db, self.bus)
         self.channels: dict[str, BaseChannel] = {}
         self.dispatcher = Dispatcher(
             self.db,
@@ -190,6 +194,22 @@ class Hub:
 
     async def save_cursor(self, channel: str, key: str, value: str) -> None:
         await self.cursors.save(channel, key, value)
+
+    async def delivery_update(
+        self, channel: str, external_id: str, status: MessageStatus, reason: str | None = None
+    ) -> int | None:
+        return await self.reports.delivery_update(channel, external_id, status, reason)
+
+    async def refused(
+        self, channel: str, external_id: str | None, reason: str, *, sender: str | None = None
+    ) -> None:
+        await self.reports.refused(channel, external_id, reason, sender=sender)
+
+    async def known_ids(self, channel: str, external_ids: Collection[str]) -> set[str]:
+        return await self.reports.known_ids(channel, external_ids)
+
+    async def record(self, events: list[EventRecord]) -> None:
+        await self.reports.record(events)
 
     async def customer_typing(self, channel: str, address: str) -> None:
         found = await self.timeline.latest_conversation(channel, address)

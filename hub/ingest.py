@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import nh3
 from sqlalchemy import select, text
@@ -54,6 +56,8 @@ class IngestSettings:
     reopen_within: timedelta = timedelta(hours=24)
     max_batch: int = 500
     max_text_chars: int = 100_000
+    # How long a subject (with the same contact, on the same channel) still threads a message.
+    subject_window: timedelta = timedelta(days=14)
     default_region: str | None = None
 
 
@@ -191,12 +195,12 @@ class Ingest:
     async def _store(
         self, batch: list[_Pending]
     ) -> tuple[list[IngestResult | BaseException], list[EventRecord]]:
-        reopen_within = self.settings.reopen_within
-        return await self.db.run_write(lambda session: _store_batch(session, batch, reopen_within))
+        settings = self.settings
+        return await self.db.run_write(lambda session: _store_batch(session, batch, settings))
 
 
 def _store_batch(
-    session: Session, batch: list[_Pending], reopen_within: timedelta
+    session: Session, batch: list[_Pending], settings: IngestSettings
 ) -> tuple[list[IngestResult | BaseException], list[EventRecord]]:
     """The whole batch in one transaction. Synchronous: on SQLite it runs on the writer thread in one
     hand-off (see ``Database.run_write``). It must not touch the asyncio futures of ``batch``."""
@@ -233,16 +237,16 @@ def _store_batch(
 
     if fresh:
         contacts = _resolve_contacts(session, [batch[i] for i in fresh], now, events)
-        conversations = _resolve_conversations(
-            session, [batch[i] for i in fresh], contacts, now, reopen_within, events
+        threading = _resolve_conversations(
+            session, [batch[i] for i in fresh], contacts, now, settings, events
         )
     _custom_plans(session, False)
     if fresh:
         message_rows = []
-        for i in fresh:
+        for n, i in enumerate(fresh):
             p = batch[i]
             contact_id = contacts[(p.msg.identity_kind.value, p.address)]
-            conv = conversations[(contact_id, p.msg.channel)]
+            conv = threading.conversations[n]
             message_rows.append(
                 {
                     "conversation_id": conv.id,
@@ -257,7 +261,7 @@ def _store_batch(
                     "text": p.msg.text,
                     "html": p.html,
                     "error": None,
-                    "meta": _thread_meta(p.msg),
+                    "meta": _thread_meta(p.msg, threading.rules[n], settings.max_text_chars),
                     "created_at": p.msg.received_at,
                 }
             )
@@ -266,10 +270,10 @@ def _store_batch(
             message_row["id"] = message_id
         insert_rows(session, Message, message_rows)
         attachment_rows = []
-        for i, message_id in zip(fresh, message_ids, strict=True):
+        for n, (i, message_id) in enumerate(zip(fresh, message_ids, strict=True)):
             p = batch[i]
             contact_id = contacts[(p.msg.identity_kind.value, p.address)]
-            conv = conversations[(contact_id, p.msg.channel)]
+            conv = threading.conversations[n]
             results[i] = IngestResult(message_id, conv.id, contact_id, False)
             conv.last_message_at = max(conv.last_message_at, p.msg.received_at)
             events.append(
@@ -285,6 +289,8 @@ def _store_batch(
                     queue=conv.queue,
                     text=p.msg.text[:500],
                     author=p.msg.sender_name or p.address,
+                    thread_rule=threading.rules[n],
+                    **({"automated": True} if p.msg.automated else {}),
                 )
             )
             for attachment, sha in zip(p.msg.attachments, p.shas, strict=True):
@@ -299,7 +305,7 @@ def _store_batch(
                 )
         if attachment_rows:
             insert_rows(session, AttachmentRow, attachment_rows)
-        touched = {id(c): c for c in conversations.values()}.values()
+        touched = {id(c): c for c in threading.conversations}.values()
         update_rows(
             session,
             Conversation,
@@ -352,8 +358,12 @@ def _custom_plans(session: Session, on: bool) -> None:
         session.execute(text(f"SET LOCAL plan_cache_mode = {mode}"))
 
 
-def _thread_meta(msg: InboundMessage) -> dict[str, object]:
-    meta: dict[str, object] = {}
+def _thread_meta(msg: InboundMessage, rule: str, max_chars: int) -> dict[str, object]:
+    meta: dict[str, object] = {"thread_rule": rule}
+    if msg.automated:
+        meta["automated"] = True
+    if msg.full_text and msg.full_text != msg.text:
+        meta["full_text"] = _clip(msg.full_text, max_chars)
     if msg.recipient:
         meta["recipient"] = msg.recipient
     t = msg.thread
@@ -425,6 +435,76 @@ class _Conv:
     # The routing queue it belongs to: events carry it so an agent's live feed shows unassigned
     # conversations only of the queues they serve.
     queue: str | None = None
+    contact_id: int = 0
+    channel: str = ""
+    subject: str | None = None
+    merged_into_id: int | None = None
+
+
+_REPLY_TAG = re.compile(r"c(\d{1,18})")
+_SUBJECT_PREFIX = re.compile(r"^\s*((re|aw|sv|vs|antw|fwd?|wg|tr|rv)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+_CONV_COLUMNS = (
+    Conversation.id,
+    Conversation.contact_id,
+    Conversation.channel,
+    Conversation.status,
+    Conversation.assignee_id,
+    Conversation.last_message_at,
+    Conversation.resolved_at,
+    Conversation.queue,
+    Conversation.subject,
+    Conversation.merged_into_id,
+)
+
+
+def thread_subject(subject: str | None) -> str:
+    """A subject as threads compare it: without Re:/Fwd: prefixes (any language's), case or spacing."""
+    return " ".join(_SUBJECT_PREFIX.sub("", subject or "").split()).casefold()
+
+
+def _conv_from(row: Any) -> _Conv:
+    return _Conv(
+        row.id,
+        row.status,
+        row.assignee_id,
+        row.last_message_at,
+        row.resolved_at,
+        row.queue,
+        row.contact_id,
+        row.channel,
+        row.subject,
+        row.merged_into_id,
+    )
+
+
+def _load_conversations(session: Session, ids: set[int]) -> dict[int, _Conv]:
+    """Conversations by id, with those they were merged into (a merge moves the thread along)."""
+    found: dict[int, _Conv] = {}
+    wanted = set(ids)
+    for _ in range(10):  # merge chains are short; the bound only guards against a cycle
+        wanted -= found.keys()
+        if not wanted:
+            break
+        for row in session.connection().execute(select(*_CONV_COLUMNS).where(Conversation.id.in_(wanted))):
+            found[row.id] = _conv_from(row)
+        wanted = {c.merged_into_id for c in found.values() if c.merged_into_id is not None}
+    return found
+
+
+def _follow(conv: _Conv | None, known: dict[int, _Conv]) -> _Conv | None:
+    for _ in range(10):
+        if conv is None or conv.merged_into_id is None:
+            return conv
+        conv = known.get(conv.merged_into_id)
+    return conv
+
+
+@dataclass(slots=True)
+class _Threading:
+    """Where each message of a batch goes, and by which rule (recorded on the message and event)."""
+
+    conversations: list[_Conv]
+    rules: list[str]
 
 
 def _resolve_conversations(
@@ -432,48 +512,132 @@ def _resolve_conversations(
     items: list[_Pending],
     contacts: dict[tuple[str, str], int],
     now: datetime,
-    reopen_within: timedelta,
+    settings: IngestSettings,
     events: list[EventRecord],
-) -> dict[tuple[int, str], _Conv]:
-    """Threading: join the contact's open conversation on this channel, reopen a recently
-    resolved one, or start a new one."""
-    pairs: dict[tuple[int, str], _Pending] = {}
+) -> _Threading:
+    """Threading, in order: the channel ids the message replies to, its reply tag, the same subject
+    from the same contact inside the subject window; then, unless the channel threads strictly,
+    the contact's open (or recently resolved) conversation on the channel; else a new conversation.
+    A conversation resolved longer than ``reopen_within`` ago is not reopened: a new one starts."""
+    contact_of = [contacts[(p.msg.identity_kind.value, p.address)] for p in items]
+
+    # Explicit keys: stored messages the new ones reply to, and reply tags.
+    referenced: dict[tuple[str, str], int] = {}
+    by_channel: dict[str, set[str]] = {}
     for p in items:
-        pairs.setdefault((contacts[(p.msg.identity_kind.value, p.address)], p.msg.channel), p)
-    latest: dict[tuple[int, str], _Conv] = {}
+        t = p.msg.thread
+        wanted = [t.in_reply_to, *t.references] if t.in_reply_to else list(t.references)
+        by_channel.setdefault(p.msg.channel, set()).update(i for i in wanted if i)
+    for channel, ids in by_channel.items():
+        if ids:
+            rows = session.connection().execute(
+                select(Message.external_id, Message.conversation_id).where(
+                    Message.channel == channel, Message.external_id.in_(ids)
+                )
+            )
+            for row in rows:
+                referenced[(channel, row.external_id)] = row.conversation_id
+    tagged: dict[int, int] = {}
+    for i, p in enumerate(items):
+        match = _REPLY_TAG.fullmatch(p.msg.thread.reply_tag or "")
+        if match:
+            tagged[i] = int(match.group(1))
+    known = _load_conversations(session, set(referenced.values()) | set(tagged.values()))
+
+    # The contacts' recent conversations on these channels: subject fallback and chat threading.
+    recent: dict[tuple[int, str], list[_Conv]] = {}
+    horizon = now - max(settings.reopen_within, settings.subject_window)
     rows = session.connection().execute(
-        select(
-            Conversation.id,
-            Conversation.contact_id,
-            Conversation.channel,
-            Conversation.status,
-            Conversation.assignee_id,
-            Conversation.last_message_at,
-            Conversation.resolved_at,
-            Conversation.queue,
-        )
-        .where(Conversation.contact_id.in_({contact for contact, _ in pairs}))
-        .where(Conversation.channel.in_({channel for _, channel in pairs}))
+        select(*_CONV_COLUMNS)
+        .where(Conversation.contact_id.in_(set(contact_of)))
+        .where(Conversation.channel.in_({p.msg.channel for p in items}))
+        .where(Conversation.merged_into_id.is_(None))
         .where(
             (Conversation.status != ConversationStatus.RESOLVED.value)
-            | (Conversation.resolved_at >= now - reopen_within)
+            | (Conversation.last_message_at >= horizon)
+            | (Conversation.resolved_at >= now - settings.reopen_within)
         )
         .order_by(Conversation.id)
     )
     for row in rows:
-        if (row.contact_id, row.channel) not in pairs:
-            continue
-        latest[(row.contact_id, row.channel)] = _Conv(
-            row.id, row.status, row.assignee_id, row.last_message_at, row.resolved_at, row.queue
-        )
-    for conv_key, conv in latest.items():
-        if conv.status != ConversationStatus.OPEN.value:
+        seen = known.setdefault(row.id, _conv_from(row))
+        recent.setdefault((seen.contact_id, seen.channel), []).append(seen)
+
+    chosen: list[_Conv] = []
+    rules: list[str] = []
+    created: dict[tuple[Any, ...], _Conv] = {}
+    in_batch: dict[tuple[str, str], _Conv] = {}
+    reopened: set[int] = set()
+    fresh: list[tuple[_Conv, _Pending, int | None]] = []
+    for i, p in enumerate(items):
+        contact_id, channel, t = contact_of[i], p.msg.channel, p.msg.thread
+        conv: _Conv | None = None
+        rule = "new"
+        for ref in ([t.in_reply_to] if t.in_reply_to else []) + list(reversed(t.references)):
+            target = in_batch.get((channel, ref))
+            if target is None and (channel, ref) in referenced:
+                target = _follow(known.get(referenced[(channel, ref)]), known)
+            if target is not None:
+                conv, rule = target, "in_reply_to" if ref == t.in_reply_to else "references"
+                break
+        if conv is None and i in tagged:
+            target = _follow(known.get(tagged[i]), known)
+            if target is not None and target.channel == channel:
+                conv, rule = target, "reply_tag"
+        subject = thread_subject(t.subject)
+        candidates = recent.get((contact_id, channel), [])
+        if conv is None and subject:
+            same = [
+                c
+                for c in candidates
+                if thread_subject(c.subject) == subject and c.last_message_at >= now - settings.subject_window
+            ]
+            if same:
+                conv, rule = same[-1], "subject"
+        if conv is None and not t.strict:
+            open_ones = [
+                c
+                for c in candidates
+                if c.status != ConversationStatus.RESOLVED.value
+                or (c.resolved_at is not None and c.resolved_at >= now - settings.reopen_within)
+            ]
+            if open_ones:
+                conv, rule = open_ones[-1], "open_conversation"
+        follows = None
+        if (
+            conv is not None
+            and conv.status == ConversationStatus.RESOLVED.value
+            and conv.resolved_at is not None
+            and conv.resolved_at < now - settings.reopen_within
+        ):
+            follows, conv, rule = conv.id, None, "new"
+        if conv is None:
+            key: tuple[Any, ...] = (contact_id, channel, subject) if t.strict else (contact_id, channel)
+            conv = created.get(key)
+            if conv is None:
+                conv = created[key] = _Conv(
+                    0,
+                    ConversationStatus.OPEN.value,
+                    None,
+                    p.msg.received_at,
+                    None,
+                    None,
+                    contact_id,
+                    channel,
+                    t.subject,
+                )
+                fresh.append((conv, p, follows))
+                recent.setdefault((contact_id, channel), []).append(conv)
+            elif rule == "new":
+                rule = "subject" if t.strict else "open_conversation"
+        elif conv.status != ConversationStatus.OPEN.value and not p.msg.automated and conv.id not in reopened:
+            reopened.add(conv.id)
             events.append(
                 new_event(
                     EventType.CONVERSATION_STATUS_CHANGED,
                     at=now,
                     conversation_id=conv.id,
-                    contact_id=conv_key[0],
+                    contact_id=conv.contact_id,
                     previous=conv.status,
                     status=ConversationStatus.OPEN.value,
                     reason="customer replied",
@@ -483,44 +647,57 @@ def _resolve_conversations(
             )
             conv.status = ConversationStatus.OPEN.value
             conv.resolved_at = None
-    missing = [key for key in pairs if key not in latest]
-    if missing:
-        conversation_ids = allocate_ids(session, Conversation, len(missing))
-        insert_rows(
-            session,
-            Conversation,
-            [
-                {
-                    "id": conv_id,
-                    "contact_id": key[0],
-                    "channel": key[1],
-                    "channel_kind": pairs[key].msg.channel_kind,
-                    "address": pairs[key].address,
-                    "status": ConversationStatus.OPEN.value,
-                    "assignee_id": None,
-                    "priority": 0,
-                    "subject": _clip(pairs[key].msg.thread.subject, 500),
-                    "created_at": now,
-                    "updated_at": now,
-                    "last_message_at": pairs[key].msg.received_at,
-                    "resolved_at": None,
-                }
-                for key, conv_id in zip(missing, conversation_ids, strict=True)
-            ],
+        in_batch[(channel, p.msg.external_id)] = conv
+        chosen.append(conv)
+        rules.append(rule)
+    _insert_conversations(session, fresh, now, events)
+    return _Threading(chosen, rules)
+
+
+def _insert_conversations(
+    session: Session,
+    fresh: list[tuple[_Conv, _Pending, int | None]],
+    now: datetime,
+    events: list[EventRecord],
+) -> None:
+    """The batch's new conversations in one insert; their ids are set on the ``_Conv`` objects."""
+    if not fresh:
+        return
+    ids = allocate_ids(session, Conversation, len(fresh))
+    rows = []
+    for (conv, p, follows), conv_id in zip(fresh, ids, strict=True):
+        conv.id = conv_id
+        rows.append(
+            {
+                "id": conv_id,
+                "contact_id": conv.contact_id,
+                "channel": p.msg.channel,
+                "channel_kind": p.msg.channel_kind,
+                "address": p.address,
+                "status": ConversationStatus.OPEN.value,
+                "assignee_id": None,
+                "priority": 0,
+                "subject": _clip(p.msg.thread.subject, 500),
+                "created_at": now,
+                "updated_at": now,
+                "last_message_at": p.msg.received_at,
+                "resolved_at": None,
+            }
         )
-        for key, conv_id in zip(missing, conversation_ids, strict=True):
-            latest[key] = _Conv(
-                conv_id, ConversationStatus.OPEN.value, None, pairs[key].msg.received_at, None
+        data: dict[str, Any] = {
+            "channel": p.msg.channel,
+            "channel_kind": p.msg.channel_kind,
+            "assignee_id": None,
+        }
+        if follows is not None:
+            data["follows"] = follows
+        events.append(
+            new_event(
+                EventType.CONVERSATION_CREATED,
+                at=now,
+                conversation_id=conv_id,
+                contact_id=conv.contact_id,
+                **data,
             )
-            events.append(
-                new_event(
-                    EventType.CONVERSATION_CREATED,
-                    at=now,
-                    conversation_id=conv_id,
-                    contact_id=key[0],
-                    channel=key[1],
-                    channel_kind=pairs[key].msg.channel_kind,
-                    assignee_id=None,
-                )
-            )
-    return latest
+        )
+    insert_rows(session, Conversation, rows)

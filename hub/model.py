@@ -78,12 +78,22 @@ class Attachment:
 
 @dataclass(frozen=True, slots=True)
 class ThreadHints:
-    """What a channel knows about which conversation a message continues."""
+    """What a channel knows about which conversation a message continues.
+
+    Inbound, ingest tries in order: ``in_reply_to`` and ``references`` against the channel ids of
+    stored messages (either direction), ``reply_tag`` (``c<conversation id>``, from a per-conversation
+    reply address), then the same contact's conversation with the same ``subject`` (``Re:`` and
+    ``Fwd:`` stripped) inside the subject window. With ``strict`` a message matching none of them
+    starts a new conversation (email: a new subject is a new matter); without it, it joins the
+    contact's open conversation on the channel (chat, SMS). Outbound, the hub fills in the
+    conversation's subject, the newest customer message's id, the ids of the thread and the tag.
+    """
 
     subject: str | None = None
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
     reply_tag: str | None = None
+    strict: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +117,10 @@ class InboundMessage:
     received_at: datetime = field(default_factory=utcnow)
     thread: ThreadHints = field(default_factory=ThreadHints)
     contact_attributes: dict[str, Any] = field(default_factory=dict)
+    # Sent by a machine (auto-reply, delivery report): stored, but never reopens a conversation.
+    automated: bool = False
+    # The whole original text when ``text`` shows only the new part (quotes and signature collapsed).
+    full_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +131,18 @@ class IngestResult:
     conversation_id: int
     contact_id: int
     duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveRefusal:
+    """A message of an imported archive that cannot become an InboundMessage: the import records it
+    with its reason and goes on, so one damaged message never stops a history import."""
+
+    # The message's channel id when it could be read (an email's Message-ID), else None.
+    external_id: str | None
+    # 1-based place of the message in the archive, so a person can find it.
+    position: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +190,7 @@ class EventType(enum.StrEnum):
     MESSAGE_QUEUED = "message.queued"
     MESSAGE_SENT = "message.sent"
     MESSAGE_DELIVERED = "message.delivered"
+    MESSAGE_READ = "message.read"
     MESSAGE_FAILED = "message.failed"
     MESSAGE_RETRYING = "message.retrying"
     CONVERSATION_CREATED = "conversation.created"
@@ -183,6 +210,10 @@ class EventType(enum.StrEnum):
     ROUTING_NO_AGENT = "routing.no_agent"
     SLA_BREACHED = "conversation.sla_breached"
     QUEUE_UPDATED = "queue.updated"
+    MESSAGE_REFUSED = "message.refused"
+    CHANNEL_AUDIT = "channel.audit"
+    CONVERSATION_SPLIT = "conversation.split"
+    CONVERSATION_MERGED = "conversation.merged"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,11 +29,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.errors import PermanentError, TransientError
 from hub.events import EventBus, EventRecord, EventType, append_events, new_event
-from hub.model import MessageStatus, OutboundMessage, SendResult, ThreadHints, utcnow
+from hub.model import Direction, MessageStatus, OutboundMessage, SendResult, ThreadHints, utcnow
 from storage.engine import Database
 from storage.models import Conversation, Message, OutboxRow
 
 log = logging.getLogger(__name__)
+
+# Ids of the thread a reply carries (an email's References): the root and the newest ones.
+MAX_REFERENCES = 20
 
 
 class OutboxStatus:
@@ -214,7 +217,22 @@ class Dispatcher:
                     .where(Message.id == job.message_id)
                 )
             ).one()
-        message, address, subject = row
+            message, address, subject = row
+            thread = (
+                await s.execute(
+                    select(Message.external_id, Message.direction)
+                    .where(
+                        Message.conversation_id == message.conversation_id,
+                        Message.channel == message.channel,
+                        Message.id != message.id,
+                        Message.external_id.is_not(None),
+                        Message.direction != Direction.NOTE.value,
+                    )
+                    .order_by(Message.id)
+                )
+            ).all()
+        ids = [r.external_id for r in thread]
+        replied = [r.external_id for r in thread if r.direction == Direction.IN.value]
         return OutboundMessage(
             message_id=message.id,
             conversation_id=message.conversation_id,
@@ -224,7 +242,13 @@ class Dispatcher:
             html=message.html,
             author_name=message.author_name,
             created_at=message.created_at,
-            thread=ThreadHints(subject=subject),
+            thread=ThreadHints(
+                subject=subject,
+                in_reply_to=replied[-1] if replied else None,
+                # The thread's root and its newest ids: what mail clients need to thread, bounded.
+                references=tuple(ids[:1] + ids[1:][-(MAX_REFERENCES - 1) :]),
+                reply_tag=f"c{message.conversation_id}",
+            ),
         )
 
     async def _deliver(self, job: _Job) -> None:
@@ -238,6 +262,13 @@ class Dispatcher:
             if channel is None:
                 raise PermanentError(f"channel {job.channel!r} is not configured on this hub")
             outbound = await self._outbound(job)
+            # Channels may choose the id of what they send (Channel.outbound_id); plain senders do not.
+            choose_id = getattr(channel, "outbound_id", None)
+            own_id = choose_id(outbound) if choose_id is not None else None
+            if own_id is not None:
+                # Stored before the first attempt: a retry, and the customer's answer, find it.
+                async with self.db.write() as s:
+                    await self._keep_external_id(s, job.message_id, own_id)
             try:
                 result = await asyncio.wait_for(channel.send(outbound), self.settings.send_timeout)
             except TimeoutError:
@@ -322,7 +353,9 @@ class Dispatcher:
         try:
             async with s.begin_nested():
                 await s.execute(
-                    update(Message).where(Message.id == message_id).values(external_id=external_id)
+                    update(Message)
+                    .where(Message.id == message_id, Message.external_id.is_distinct_from(external_id))
+                    .values(external_id=external_id)
                 )
         except IntegrityError:
             log.warning("message %s: its channel id belongs to another message; not stored", message_id)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from sqlalchemy.orm import Session
 
-from hub.model import EventRecord, InboundMessage, IngestResult, OutboundMessage, SendResult, TimelineEntry
+from hub.model import (
+    ArchiveRefusal,
+    EventRecord,
+    InboundMessage,
+    IngestResult,
+    MessageStatus,
+    OutboundMessage,
+    SendResult,
+    TimelineEntry,
+)
 
 
 class ChannelHost(Protocol):
@@ -32,6 +42,42 @@ class ChannelHost(Protocol):
         """Move the cursor; call only after what it points past is committed."""
         ...
 
+    async def delivery_update(
+        self, channel: str, external_id: str, status: MessageStatus, reason: str | None = None
+    ) -> int | None:
+        """A delivery report (a bounce, a status callback) about the outbound message this channel
+        knows as ``external_id``: its status moves (never backwards) and an event records it.
+        Returns the message's id, or None when no outbound message has that id."""
+        ...
+
+    async def refused(
+        self, channel: str, external_id: str | None, reason: str, *, sender: str | None = None
+    ) -> None:
+        """Record (as a ``message.refused`` event) an inbound message the channel could not store,
+        so nothing is dropped silently and audits can tell it from a lost one."""
+        ...
+
+    async def known_ids(self, channel: str, external_ids: Collection[str]) -> set[str]:
+        """Which of these channel ids the hub holds: stored messages and recorded refusals."""
+        ...
+
+    async def record(self, events: list[EventRecord]) -> None:
+        """Store channel events (e.g. ``channel.audit``) in the event record and publish them."""
+        ...
+
+
+class Archive(Protocol):
+    """Historical messages of one channel read from a file (an mbox), for ``hub import``.
+
+    Iterating reads the file as it goes (an archive may be larger than memory) and yields each
+    message in file order, or an :class:`ArchiveRefusal` where one cannot be read; iterate once.
+    """
+
+    # How many messages the archive holds, counted before reading them; None when unknown.
+    total: int | None
+
+    def __iter__(self) -> Iterator[InboundMessage | ArchiveRefusal]: ...
+
 
 @runtime_checkable
 class Channel(Protocol):
@@ -43,6 +89,11 @@ class Channel(Protocol):
     async def send(self, msg: OutboundMessage) -> SendResult: ...
 
     async def send_typing(self, recipient: str) -> None: ...
+
+    def outbound_id(self, msg: OutboundMessage) -> str | None:
+        """The id this channel will give ``msg`` (an email's Message-ID), fixed before the first
+        attempt so that every retry reuses it; None when the remote side assigns ids."""
+        ...
 
     async def stop(self) -> None: ...
 

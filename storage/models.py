@@ -180,6 +180,8 @@ class Conversation(Base):
     offered_to: Mapped[int | None] = mapped_column(ForeignKey("agents.id"))
     offer_expires_at: Mapped[datetime | None]
     declined_by: Mapped[list[int]] = mapped_column(JSON, server_default=text("'[]'"), default=list)
+    # Set when an agent merged this conversation into another: its messages moved there.
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"))
 
 
 class QueueRow(Base):
@@ -300,3 +302,18 @@ class ChannelCursor(Base):
     key: Mapped[str] = mapped_column(String(200))
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime]
+
+
+class Refusal(Base):
+    """An inbound message a channel could not store, and why: never a silent drop, and audits can
+    tell a refused message from a lost one."""
+
+    __tablename__ = "refusals"
+    __table_args__ = (UniqueConstraint("channel", "external_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(100))
+    external_id: Mapped[str] = mapped_column(String(500))
+    sender: Mapped[str | None] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime]

@@ -13,6 +13,7 @@ from aiohttp import web
 from hub.model import Role
 from hub.types import SupervisorView
 from hub.web.api import HUB, principal
+from routing.exposition import Exposition
 
 # Prometheus' text exposition format, version 0.0.4.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -35,8 +36,24 @@ async def agents(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     await principal(request, min_role=Role.SUPERVISOR)
-    text = await _view(request).metrics()
+    text = await _view(request).metrics() + _channel_metrics(request)
     return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+def _channel_metrics(request: web.Request) -> str:
+    """The families channels report (an email mailbox's audit, ...), appended to the router's."""
+    families: dict[str, list[tuple[dict[str, str], float | None]]] = {}
+    helps: dict[str, str] = {}
+    for channel in request.app[HUB].channels.values():
+        for name, labels, value in channel.metrics():
+            families.setdefault(name, []).append((labels, value))
+            helps.setdefault(name, channel.metric_help.get(name, "Reported by a channel."))
+    if not families:
+        return ""
+    out = Exposition()
+    for name, samples in families.items():
+        out.family(name, "gauge", helps[name], samples)
+    return out.text()
 
 
 def routes() -> list[web.RouteDef]:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
-from hub.model import Role, new_event
+from channels.base import BaseChannel
+from hub.model import OutboundMessage, Role, SendResult, new_event
 from tests.clients import call, customer_says, event_of, next_frame, open_live
 from tests.conftest import Live, MakeAgent
 from tests.prometheus import parse_exposition
@@ -132,3 +133,35 @@ async def test_live_socket_carries_the_reports_to_supervisors_only(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class _AuditingChannel(BaseChannel):
+    """A channel reporting gauges, as the email channel reports its mailboxes' count audits."""
+
+    kind: ClassVar[str] = "auditing"
+    metric_help: ClassVar[dict[str, str]] = {"hub_test_audit_missing": 'Missing "now".'}
+
+    async def send(self, msg: OutboundMessage) -> SendResult:
+        raise AssertionError("not used")
+
+    def metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            ("hub_test_audit_missing", {"channel": self.name, "mailbox": "a@x/INBOX"}, 2.0),
+            ("hub_test_audit_missing", {"channel": self.name, "mailbox": "b@x/INBOX"}, 0.0),
+        ]
+
+
+async def test_metrics_carry_what_channels_report(supervised: Live, make_agent: MakeAgent) -> None:
+    supervised.hub.channels["audited"] = _AuditingChannel("audited", {})
+    try:
+        admin = await make_agent(Role.ADMIN)
+        status, _, text = await get(supervised, "/metrics", admin.headers)
+    finally:
+        del supervised.hub.channels["audited"]
+    assert status == 200
+    family = parse_exposition(text)["hub_test_audit_missing"]
+    assert family["type"] == "gauge" and family["help"] == 'Missing "now".'
+    assert family["samples"] == {
+        (("channel", "audited"), ("mailbox", "a@x/INBOX")): 2.0,
+        (("channel", "audited"), ("mailbox", "b@x/INBOX")): 0.0,
+    }
