@@ -1,4 +1,5 @@
-"""Writes an agent makes on a conversation: reply, private note, status, assignee, priority.
+"""Writes an agent makes on a conversation: reply, private note, status, assignee, priority, and
+splitting a message off into a new conversation or merging one conversation into another.
 
 A reply and its outbox row are committed in one transaction (the durable-outbox invariant); the
 dispatcher is only woken afterwards, so a crash at any point leaves either nothing or a row that
@@ -8,20 +9,21 @@ will be sent.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from hub.access import Principal, may_see_conversation
 from hub.errors import UserError
 from hub.events import EventBus, EventRecord, EventType, append_events, new_event
 from hub.model import ConversationStatus, Direction, MessageStatus, utcnow
-from hub.outbox import enqueue
+from hub.outbox import OutboxStatus, enqueue
 from hub.timeline import ID_RANGE, message_json, not_found
 from hub.types import Assignments
 from storage.engine import Database
-from storage.models import Agent, Conversation, Message
+from storage.models import Agent, Conversation, Message, OutboxRow
 
 PRIORITIES = {0: "none", 1: "low", 2: "medium", 3: "high", 4: "urgent"}
 
@@ -220,6 +222,212 @@ class Conversations:
             events = await append_events(s, pending)
         self.bus.publish(events)
         self.assignments.wake()
+
+    # -- split and merge ------------------------------------------------------------------------
+
+    async def split(self, who: Principal, conversation_id: int, body: dict[str, Any]) -> int:
+        """Move one message into a new open conversation of the same customer and channel, for when
+        a customer raised a second matter in the same thread. Returns the new conversation's id.
+
+        Only the named message moves (its attachments hang on it): predictable, and a message
+        replying to it later still finds it, since threading goes by the message's channel id."""
+        unknown = set(body) - {"message_id", "subject"}
+        if unknown:
+            raise UserError("unknown_field", f"unknown field {', '.join(sorted(unknown))}", status=422)
+        message_id = body.get("message_id")
+        if type(message_id) is not int or message_id not in ID_RANGE:
+            raise UserError("invalid_message", "message_id must be a message id", status=422)
+        subject = body.get("subject")
+        if subject is not None and (type(subject) is not str or not subject.strip() or len(subject) > 500):
+            raise UserError(
+                "invalid_subject", "subject must be a non-empty string of at most 500 characters", status=422
+            )
+        now = utcnow()
+        async with self.db.write() as s:
+            conv = await self._load(s, who, conversation_id, lock=True)
+            message = await s.get(Message, message_id)
+            if message is None:
+                raise not_found("message", message_id)
+            if message.conversation_id != conv.id:
+                # Whether it exists elsewhere is only told to someone who may see where it is.
+                await self._load(s, who, message.conversation_id)
+                raise UserError(
+                    "not_in_conversation",
+                    f"message {message_id} is not in conversation {conversation_id}",
+                    status=422,
+                )
+            if message.direction == Direction.NOTE.value:
+                raise UserError("invalid_message", "a private note cannot be split off", status=422)
+            visible = Message.direction != Direction.NOTE.value
+            others = await s.scalar(
+                select(func.count())
+                .select_from(Message)
+                .where(Message.conversation_id == conv.id, Message.id != message.id, visible)
+            )
+            if not others:
+                raise UserError(
+                    "only_message",
+                    f"message {message_id} is the only message of conversation {conversation_id}",
+                    status=409,
+                )
+            new = Conversation(
+                contact_id=conv.contact_id,
+                channel=conv.channel,
+                channel_kind=conv.channel_kind,
+                address=conv.address,
+                status=ConversationStatus.OPEN.value,
+                assignee_id=None,
+                priority=conv.priority,
+                subject=subject.strip() if subject is not None else conv.subject,
+                created_at=now,
+                updated_at=now,
+                last_message_at=message.created_at,
+                resolved_at=None,
+            )
+            s.add(new)
+            await s.flush()
+            message.conversation_id = new.id
+            await s.flush()
+            latest = await s.scalar(
+                select(func.max(Message.created_at)).where(Message.conversation_id == conv.id, visible)
+            )
+            if latest is not None:
+                conv.last_message_at = latest
+            conv.updated_at = now
+            common: dict[str, Any] = {"at": now, "contact_id": conv.contact_id, "agent_id": who.id}
+            events = await append_events(
+                s,
+                [
+                    new_event(
+                        EventType.CONVERSATION_CREATED,
+                        conversation_id=new.id,
+                        channel=new.channel,
+                        channel_kind=new.channel_kind,
+                        assignee_id=None,
+                        reason="split",
+                        **common,
+                    ),
+                    _split_event(conv.id, new.id, message.id, **common),
+                ],
+            )
+            new_id = new.id
+        self.bus.publish(events)
+        self.assignments.wake()
+        return new_id
+
+    async def merge(self, who: Principal, conversation_id: int, body: dict[str, Any]) -> int:
+        """Move every message of a conversation into another and close it, for when one matter was
+        split over two threads (the customer wrote twice, or on two channels). Returns the target.
+
+        The merged conversation stays, resolved and pointing at its target (``merged_into_id``), so
+        its events and links keep their meaning; resolving goes through the claim path, which gives
+        its assignee's capacity back and ends a queue wait."""
+        unknown = set(body) - {"into"}
+        if unknown:
+            raise UserError("unknown_field", f"unknown field {', '.join(sorted(unknown))}", status=422)
+        into = body.get("into")
+        if type(into) is not int or into not in ID_RANGE:
+            raise UserError("invalid_target", "into must be a conversation id", status=422)
+        if into == conversation_id:
+            raise UserError("merge_into_itself", "a conversation cannot be merged into itself", status=422)
+        now = utcnow()
+        async with self.db.write() as s:
+            # Both rows locked in id order, so two opposite merges cannot deadlock.
+            loaded: dict[int, Conversation | UserError] = {}
+            for ident in sorted((conversation_id, into)):
+                try:
+                    loaded[ident] = await self._load(s, who, ident, lock=True)
+                except UserError as exc:
+                    loaded[ident] = exc
+            source, target = loaded[conversation_id], loaded[into]
+            if isinstance(source, UserError):
+                raise source
+            if isinstance(target, UserError):
+                raise target
+            for conv in (source, target):
+                if conv.merged_into_id is not None:
+                    raise UserError(
+                        "already_merged",
+                        f"conversation {conv.id} was merged into conversation {conv.merged_into_id}",
+                        status=409,
+                    )
+            if (source.channel, source.address) != (target.channel, target.address):
+                # A reply still waiting to go out is addressed through its conversation: moved, it
+                # would reach the other customer.
+                waiting = await s.scalar(
+                    select(func.count())
+                    .select_from(OutboxRow)
+                    .join(Message, Message.id == OutboxRow.message_id)
+                    .where(
+                        Message.conversation_id == source.id,
+                        OutboxRow.status.in_((OutboxStatus.PENDING, OutboxStatus.SENDING)),
+                    )
+                )
+                if waiting:
+                    raise UserError(
+                        "reply_in_flight",
+                        f"conversation {source.id} has a reply still being sent; merge once it has gone",
+                        status=409,
+                    )
+            await s.execute(
+                update(Message)
+                .where(Message.conversation_id == source.id)
+                .values(conversation_id=target.id)
+                .execution_options(synchronize_session=False)
+            )
+            pending: list[EventRecord] = []
+            previous_status = source.status
+            source.merged_into_id = target.id
+            source.updated_at = now
+            if previous_status != ConversationStatus.RESOLVED.value:
+                source.status = ConversationStatus.RESOLVED.value
+                source.resolved_at = now
+                pending.append(
+                    new_event(
+                        EventType.CONVERSATION_STATUS_CHANGED,
+                        at=now,
+                        conversation_id=source.id,
+                        contact_id=source.contact_id,
+                        agent_id=who.id,
+                        previous=previous_status,
+                        status=ConversationStatus.RESOLVED.value,
+                        reason="merged",
+                        assignee_id=source.assignee_id,
+                    )
+                )
+            target.last_message_at = max(target.last_message_at, source.last_message_at)
+            target.updated_at = now
+            await s.flush()
+            source_id, target_id = source.id, target.id
+            pending += await s.run_sync(
+                lambda session: self.assignments.status_changed(
+                    session, source_id, ConversationStatus.RESOLVED.value, now=now
+                )
+            )
+            link = {"from": source.id, "into": target.id}
+            for conv in (source, target):
+                pending.append(
+                    new_event(
+                        EventType.CONVERSATION_MERGED,
+                        at=now,
+                        conversation_id=conv.id,
+                        contact_id=conv.contact_id,
+                        agent_id=who.id,
+                        assignee_id=conv.assignee_id,
+                        queue=conv.queue,
+                        **link,
+                    )
+                )
+            events = await append_events(s, pending)
+        self.bus.publish(events)
+        self.assignments.wake()
+        return target_id
+
+
+def _split_event(source: int, new: int, message_id: int, **common: Any) -> EventRecord:
+    """``conversation.split``: on the new conversation, its data naming both ends and the message."""
+    event = new_event(EventType.CONVERSATION_SPLIT, conversation_id=new, message_id=message_id, **common)
+    return replace(event, data={"from": source, "to": new, "message_id": message_id, "assignee_id": None})
 
 
 def _agent_message(

@@ -75,9 +75,13 @@ class Timeline:
         channel: str | None = None,
         before: int | None = None,
         limit: int = 50,
+        include_merged: bool = False,
     ) -> dict[str, Any]:
         limit = max(1, min(limit, MAX_PAGE))
         q = select(Conversation).where(visible_conversations(who))
+        if not include_merged:
+            # A merged conversation is an empty shell pointing at its target: not work to list.
+            q = q.where(Conversation.merged_into_id.is_(None))
         if status != "all":
             if status not in {s.value for s in ConversationStatus}:
                 raise UserError(
@@ -171,6 +175,7 @@ class Timeline:
                 "offered_to": c.offered_to,
                 "offer_expires_at": _iso(c.offer_expires_at),
                 "routing_version": c.routing_version,
+                "merged_into_id": c.merged_into_id,
             }
             for c in convs
         ]

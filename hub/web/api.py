@@ -41,6 +41,14 @@ def int_param(request: web.Request, name: str, default: int | None = None) -> in
     return value
 
 
+def bool_param(request: web.Request, name: str) -> bool:
+    """A true/false query flag; absent means false, anything but the two spellings is refused."""
+    raw = request.query.get(name, "")
+    if raw not in ("", "true", "false"):
+        raise UserError("invalid_parameter", f"{name} must be true or false")
+    return raw == "true"
+
+
 def path_id(request: web.Request, name: str = "id") -> int:
     try:
         value = int(request.match_info[name])
@@ -131,6 +139,7 @@ async def list_conversations(request: web.Request) -> web.Response:
         channel=request.query.get("channel") or None,
         before=int_param(request, "before"),
         limit=int_param(request, "limit", 50) or 50,
+        include_merged=bool_param(request, "include_merged"),
     )
     return web.json_response(result)
 
@@ -166,6 +175,24 @@ async def post_note(request: web.Request) -> web.Response:
     body = await json_body(request)
     result = await request.app[HUB].conversations.note(who, path_id(request), body.get("text"))
     return web.json_response(result, status=201)
+
+
+async def split_conversation(request: web.Request) -> web.Response:
+    who = await principal(request)
+    body = await json_body(request)
+    hub = request.app[HUB]
+    new_id = await hub.conversations.split(who, path_id(request), body)
+    return web.json_response(
+        {"conversation": await hub.timeline.conversation_summary(who, new_id)}, status=201
+    )
+
+
+async def merge_conversation(request: web.Request) -> web.Response:
+    who = await principal(request)
+    body = await json_body(request)
+    hub = request.app[HUB]
+    target_id = await hub.conversations.merge(who, path_id(request), body)
+    return web.json_response({"conversation": await hub.timeline.conversation_summary(who, target_id)})
 
 
 async def get_contact(request: web.Request) -> web.Response:
@@ -220,6 +247,8 @@ def routes() -> list[web.RouteDef]:
         web.patch("/api/conversations/{id}", patch_conversation),
         web.post("/api/conversations/{id}/messages", post_message),
         web.post("/api/conversations/{id}/notes", post_note),
+        web.post("/api/conversations/{id}/split", split_conversation),
+        web.post("/api/conversations/{id}/merge", merge_conversation),
         web.get("/api/contacts/{id}", get_contact),
         web.get("/api/contacts/{id}/timeline", contact_timeline),
         web.get("/api/events", list_events),

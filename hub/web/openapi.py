@@ -194,6 +194,11 @@ def build_openapi() -> dict[str, Any]:
                         _q("channel", {"type": "string"}, "Channel instance name"),
                         _q("before", {"type": "integer"}, "next_before of the previous page"),
                         _q("limit", {"type": "integer", "maximum": 200, "default": 50}, "Page size"),
+                        _q(
+                            "include_merged",
+                            {"type": "boolean", "default": False},
+                            "Also list conversations merged into another (hidden by default)",
+                        ),
                     ],
                 )
             },
@@ -239,6 +244,59 @@ def build_openapi() -> dict[str, Any]:
                         **_errors(400, 401, 404, 413),
                     },
                     body=text_body,
+                ),
+            },
+            "/api/conversations/{id}/split": {
+                "parameters": [ID_PATH],
+                "post": _op(
+                    "Split one message off into a new open conversation of the same contact and "
+                    "channel (agents: conversations they may see). 409 only_message when it is the "
+                    "conversation's only message; 422 when it is a note or not in this conversation",
+                    {
+                        "201": _json(
+                            {"type": "object", "properties": {"conversation": REF["Conversation"]}},
+                            "The new conversation",
+                        ),
+                        **_errors(400, 401, 404, 409, 415, 422),
+                    },
+                    body={
+                        "type": "object",
+                        "required": ["message_id"],
+                        "properties": {
+                            "message_id": {
+                                "type": "integer",
+                                "description": "An inbound or outbound message",
+                            },
+                            "subject": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": 500,
+                                "description": "Default: the original conversation's subject",
+                            },
+                        },
+                        "additionalProperties": False,
+                    },
+                ),
+            },
+            "/api/conversations/{id}/merge": {
+                "parameters": [ID_PATH],
+                "post": _op(
+                    "Merge this conversation into another: its messages move there, it is resolved "
+                    "(its assignee's capacity is given back) and keeps merged_into_id. Both must be "
+                    "visible to the caller. 409 already_merged names where a merged one went",
+                    {
+                        "200": _json(
+                            {"type": "object", "properties": {"conversation": REF["Conversation"]}},
+                            "The target conversation",
+                        ),
+                        **_errors(400, 401, 404, 409, 415, 422),
+                    },
+                    body={
+                        "type": "object",
+                        "required": ["into"],
+                        "properties": {"into": {"type": "integer", "description": "The target conversation"}},
+                        "additionalProperties": False,
+                    },
                 ),
             },
             "/api/contacts/{id}": {
@@ -396,6 +454,10 @@ def build_openapi() -> dict[str, Any]:
                         "last_message_at": {"type": "string", "format": "date-time"},
                         "resolved_at": {"type": ["string", "null"], "format": "date-time"},
                         "last_message": {"type": ["object", "null"]},
+                        "merged_into_id": {
+                            "type": ["integer", "null"],
+                            "description": "Set when merged into another conversation",
+                        },
                     },
                 },
                 "Message": {
