@@ -101,13 +101,25 @@ def _coerce(value: Any, kind: type, where: str) -> Any:
 def _channel(entry: Any, index: int, environ: dict[str, str]) -> ChannelConfig:
     if not isinstance(entry, dict) or "kind" not in entry:
         raise ConfigError(f"[[channels]] entry {index + 1} needs a kind")
-    settings = {k: v for k, v in entry.items() if k not in ("kind", "name")}
-    # Secrets are never written in the file: `foo_env = "VAR"` reads `foo` from the environment.
-    for key in [k for k in settings if k.endswith("_env")]:
-        var = settings.pop(key)
-        value = environ.get(str(var))
-        if value is not None:
-            settings[key[: -len("_env")]] = value
+
+    def secrets(table: dict[str, Any]) -> dict[str, Any]:
+        # Secrets are never written in the file: `foo_env = "VAR"` reads `foo` from the environment,
+        # in nested tables too ([channels.smtp], [[channels.mailboxes]]).
+        resolved: dict[str, Any] = {}
+        for key, value in table.items():
+            if key.endswith("_env"):
+                found = environ.get(str(value))
+                if found is not None:
+                    resolved[key[: -len("_env")]] = found
+            elif isinstance(value, dict):
+                resolved[key] = secrets(value)
+            elif isinstance(value, list):
+                resolved[key] = [secrets(v) if isinstance(v, dict) else v for v in value]
+            elif key not in resolved:
+                resolved[key] = value
+        return resolved
+
+    settings = secrets({k: v for k, v in entry.items() if k not in ("kind", "name")})
     return ChannelConfig(
         kind=str(entry["kind"]), name=str(entry.get("name", entry["kind"])), settings=settings
     )

@@ -1,5 +1,5 @@
-"""Email: inbound parsing of RFC 5322 messages (IMAP in) and composing replies (SMTP out).
+"""Email: IMAP in, SMTP out (``kind = "email"`` in hub.toml, :mod:`channels.email.channel`).
 
-Parsing is pure functions over bytes (``channels.email.parse.parse_email``); the channel kind is not
-registered yet.
+Parsing is pure functions over bytes (``channels.email.parse.parse_email``); ``receive`` follows one
+IMAP mailbox, ``compose`` and ``send`` build and deliver replies, and ``channel`` wires them to the hub.
 """

@@ -18,6 +18,7 @@ Choices, each a contract the tests hold:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import mimetypes
 import re
@@ -132,6 +133,23 @@ def _parse(raw: bytes, channel: str, max_attachment_bytes: int, received_at: dat
     return ParsedEmail(message, full_text, is_auto_reply(msg, subject), parse_bounce(msg), body.inline)
 
 
+def inbound_from(parsed: ParsedEmail) -> InboundMessage:
+    """The message ingest stores for ``parsed``; the live mailbox and ``hub import mbox`` both use it,
+    so a message imported from an archive is stored exactly as if it had arrived by IMAP.
+
+    Auto-replies and bounces are ``automated`` (stored, never reopening a conversation); threading is
+    ``strict`` (a new subject without In-Reply-To/References is a new matter); ``full_text`` is kept
+    when the timeline text shows only the new part.
+    """
+    msg = parsed.message
+    return dataclasses.replace(
+        msg,
+        automated=parsed.auto_reply or parsed.bounce is not None,
+        full_text=parsed.full_text if parsed.full_text != msg.text else None,
+        thread=dataclasses.replace(msg.thread, strict=True),
+    )
+
+
 def reply_tag(addresses: Iterable[str]) -> str | None:
     """The first plus-address tag among addresses: ``support+c1234@example.com`` -> ``c1234``.
 
@@ -160,6 +178,16 @@ def is_auto_reply(msg: Message, subject: str | None) -> bool:
 def _first(msg: Message, name: str) -> str | None:
     values = raw_values(msg, name)
     return values[0] if values else None
+
+
+def raw_external_id(raw: bytes) -> str:
+    """The channel id of a raw message even when it does not parse (a refusal names the same
+    message a later successful parse would): its Message-ID, else the ``sha256:`` of its bytes."""
+    try:
+        headers = BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
+        return _external_id(headers, raw)
+    except Exception:  # headers too damaged even to read: the bytes still name the message
+        return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def _external_id(msg: Message, raw: bytes) -> str:

@@ -4,8 +4,9 @@
 and a ``deliver(uid, raw)`` sink that returns only once the message is committed. Contract:
 
 - The cursor is ``"UIDVALIDITY:UID"`` of the highest message the sink has committed (or refused for
-  good with :class:`~hub.errors.IngestRefused`). It is saved after every such message, never before:
-  a crash replays at most the message in flight, and ingest dedupes it.
+  good with :class:`~hub.errors.IngestRefused`). A fetched batch is delivered concurrently (ingest
+  commits it in few transactions) and the cursor saved after it, never before: a crash replays at
+  most the batch in flight, and ingest dedupes it. A failure stops the cursor below the failed UID.
 - Another UIDVALIDITY than the cursor's means the server renumbered the mailbox: everything is
   delivered again from UID 1 (ingest dedupes by Message-ID).
 - Any other failure of the sink, and any connection error, drops the connection and retries after
@@ -361,15 +362,31 @@ class ImapReceiver:
             if response.result != "OK":
                 raise aioimaplib.Error(f"UID FETCH refused: {_text(response)}")
             bodies = parse_uid_fetch(response.lines)
-            for uid in chunk:
-                raw = bodies.get(uid)
-                if raw is None:  # expunged since the SEARCH: nothing to deliver
-                    continue
-                committed = await self._deliver_one(uid, raw)
-                last = uid
-                await self.cursors.save(self.key, str(Cursor(uidvalidity, uid)))
-                if committed:
-                    await self._after_commit(client, uid)
+            # Expunged since the SEARCH: nothing to deliver.
+            present = [(uid, bodies[uid]) for uid in chunk if uid in bodies]
+            # The whole batch at once: ingest commits concurrent messages together (group commit).
+            outcomes = await asyncio.gather(
+                *(self._deliver_one(uid, raw) for uid, raw in present), return_exceptions=True
+            )
+            committed: list[int] = []
+            failure: BaseException | None = None
+            advanced = last
+            for (uid, _), outcome in zip(present, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    failure = outcome
+                    break  # the cursor stops below the first failure; what follows comes again
+                advanced = uid
+                if outcome:
+                    committed.append(uid)
+            if failure is None and chunk:
+                advanced = max(advanced, chunk[-1])
+            if advanced != last:
+                last = advanced
+                await self.cursors.save(self.key, str(Cursor(uidvalidity, last)))
+            if committed:
+                await self._after_commit(client, committed)
+            if failure is not None:
+                raise failure
             done += len(chunk)
             if total > self.settings.batch:
                 log.info("mailbox %s: %d/%d fetched", self.key, done, total)
@@ -388,10 +405,11 @@ class ImapReceiver:
             raise DeliveryFailed(f"delivering UID {uid} failed: {exc!r}") from exc
         return True
 
-    async def _after_commit(self, client: aioimaplib.IMAP4, uid: int) -> None:
+    async def _after_commit(self, client: aioimaplib.IMAP4, uids: list[int]) -> None:
         action = self.settings.after_commit
         if action == "none":
             return
+        uid = ",".join(str(u) for u in uids)
         if action == "seen":
             response = await client.uid("store", str(uid), "+FLAGS.SILENT", r"(\Seen)")
         else:
@@ -406,7 +424,7 @@ class ImapReceiver:
                 if response.result == "OK" and client.has_capability("UIDPLUS"):
                     response = await client.uid("expunge", str(uid))
         if response.result != "OK":
-            log.warning("mailbox %s: %s of UID %d failed: %s", self.key, action, uid, _text(response))
+            log.warning("mailbox %s: %s of UID %s failed: %s", self.key, action, uid, _text(response))
 
     async def _idle(self, client: aioimaplib.IMAP4) -> None:
         """IDLE until new mail (EXISTS), wake(), stop(), a lost connection or idle_seconds."""
