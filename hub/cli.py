@@ -1,4 +1,4 @@
-"""The ``hub`` command: serve, migrate, manage agents. ``hub COMMAND --help`` for each."""
+"""The ``hub`` command: serve, migrate, manage agents, import history. ``hub COMMAND --help`` for each."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import contextlib
 import logging
 import signal
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from hub.config import HubConfig, load_config
-from hub.errors import UserError
-from hub.model import Role
+from hub.errors import IngestRefused, UserError
+from hub.model import ArchiveRefusal, InboundMessage, Role
 
 
 def _config(args: argparse.Namespace) -> HubConfig:
@@ -104,6 +108,167 @@ async def _agent_add(cfg: HubConfig, email: str, name: str, role: Role, password
         print(f"password: {chosen}")
 
 
+# -- hub import ------------------------------------------------------------------------------------------
+
+# Messages handed to ingest at once: enough for ingest to commit them in large groups, few enough
+# that memory stays small whatever the archive's size.
+IMPORT_IN_FLIGHT = 500
+# Archive items read (and parsed) per trip to the worker thread, which keeps the event loop free to commit.
+IMPORT_READ_BATCH = 50
+# Refusals listed by name in the summary; the count covers the rest.
+IMPORT_LIST_REFUSED = 20
+
+
+class MissingFile(Exception):
+    """The file to import does not exist or cannot be read (exit status 1)."""
+
+
+@dataclass
+class ImportTally:
+    """What an import did, for its summary."""
+
+    new: int = 0
+    present: int = 0
+    # (position in the archive, channel id or None, reason) as found; the summary sorts by position.
+    refused: list[tuple[int, str | None, str]] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.new + self.present + len(self.refused)
+
+    def summary(self) -> str:
+        lines = [
+            f"imported {self.new} new, {self.present} already present, {len(self.refused)} refused",
+        ]
+        for position, external_id, reason in sorted(self.refused)[:IMPORT_LIST_REFUSED]:
+            lines.append(
+                f"  refused message {position}{f' <{external_id}>' if external_id else ''}: {reason}"
+            )
+        if len(self.refused) > IMPORT_LIST_REFUSED:
+            lines.append(f"  ... and {len(self.refused) - IMPORT_LIST_REFUSED} more refused")
+        return "\n".join(lines)
+
+
+class Progress:
+    """Count/total, rate and ETA on ``stream``: redrawn in place about ten times a second on a
+    terminal; otherwise (a log file, CI) a plain line every ``every`` seconds."""
+
+    def __init__(self, total: int | None, stream: TextIO, *, every: float = 5.0) -> None:
+        self.total = total
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.every = 0.1 if self.tty else every
+        self.started = time.monotonic()
+        self.shown = self.started
+
+    def update(self, done: int, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.shown < self.every:
+            return
+        self.shown = now
+        line = self.line(done, now - self.started)
+        if self.tty:
+            self.stream.write(f"\r{line}\x1b[K" + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def line(self, done: int, elapsed: float) -> str:
+        rate = done / elapsed if elapsed > 0 else 0.0
+        if not self.total:
+            return f"{done} messages, {rate:.0f}/s"
+        share = min(done / self.total, 1.0)
+        width = 30
+        bar = "#" * int(share * width)
+        eta = (self.total - done) / rate if rate > 0 else None
+        when = (
+            "--:--:--"
+            if eta is None
+            else f"{int(eta) // 3600:02d}:{int(eta) // 60 % 60:02d}:{int(eta) % 60:02d}"
+        )
+        return f"[{bar:<{width}}] {done}/{self.total} {share:4.0%} {rate:.0f}/s ETA {when}"
+
+
+def _take(items: Iterator[InboundMessage | ArchiveRefusal], n: int) -> list[InboundMessage | ArchiveRefusal]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            break
+    return batch
+
+
+async def run_import(cfg: HubConfig, channel_name: str, path: Path, fmt: str) -> ImportTally:
+    """Import an archive into a channel; idempotent, since ingest dedupes by (channel, external id).
+
+    Messages are submitted concurrently (``IMPORT_IN_FLIGHT`` at most) so that ingest commits them in
+    groups. Refusals, by the parser or by ingest, are recorded with the hub and listed; they never
+    stop the import. Prints progress to stderr and the summary to stdout.
+    """
+    from hub.app import Hub
+
+    names = [c.name for c in cfg.channels]
+    if channel_name not in names:
+        raise UserError(
+            "unknown_channel",
+            f"no channel named {channel_name!r}; configured channels: {', '.join(names) or 'none'}",
+        )
+    if not await asyncio.to_thread(path.is_file):
+        raise MissingFile(f"{path}: no such file")
+    tally = ImportTally()
+    async with Hub(cfg, start_channels=False) as hub:
+        channel = hub.channels[channel_name]
+        try:
+            archive = await asyncio.to_thread(channel.archive, path, fmt)
+        except OSError as exc:
+            raise MissingFile(f"{path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise UserError("cannot_import", f"channel {channel_name!r}: {exc}") from None
+        progress = Progress(archive.total, sys.stderr)
+
+        async def refuse(refusal: ArchiveRefusal, sender: str | None = None) -> None:
+            tally.refused.append((refusal.position, refusal.external_id, refusal.reason))
+            known = refusal.external_id and refusal.external_id in await hub.known_ids(
+                channel_name, [refusal.external_id]
+            )
+            if not known:  # a second import does not record the same refusal again
+                await hub.refused(channel_name, refusal.external_id, refusal.reason, sender=sender)
+
+        async def submit(position: int, msg: InboundMessage, window: asyncio.Semaphore) -> None:
+            try:
+                result = await hub.ingest(msg)
+            except IngestRefused as exc:
+                await refuse(ArchiveRefusal(msg.external_id or None, position, str(exc)), msg.sender)
+            else:
+                if result.duplicate:
+                    tally.present += 1
+                else:
+                    tally.new += 1
+            finally:
+                window.release()
+            progress.update(tally.done)
+
+        items = iter(archive)
+        window = asyncio.Semaphore(IMPORT_IN_FLIGHT)
+        position = 0
+        try:
+            async with asyncio.TaskGroup() as group:
+                while batch := await asyncio.to_thread(_take, items, IMPORT_READ_BATCH):
+                    for item in batch:
+                        position += 1
+                        if isinstance(item, ArchiveRefusal):
+                            await refuse(item)
+                            progress.update(tally.done)
+                            continue
+                        await window.acquire()
+                        group.create_task(submit(position, item, window))
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        progress.update(tally.done, final=True)
+    print(tally.summary(), flush=True)
+    return tally
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hub", description="Omnichannel communications hub: every customer channel behind one inbox."
@@ -151,6 +316,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read the password from standard input (otherwise one is generated and printed)",
     )
+
+    imports = sub.add_parser(
+        "import",
+        help="import historical messages into a channel",
+        description="Import historical messages; running it again imports only what is new.",
+    )
+    import_sub = imports.add_subparsers(dest="import_format", required=True, metavar="FORMAT")
+    mbox = import_sub.add_parser(
+        "mbox",
+        parents=[common],
+        help="import an mbox file into an email channel",
+        description=(
+            "Import every message of an mbox file into an email channel, threaded and stored as if it "
+            "had arrived by IMAP. Messages already stored are skipped; messages that cannot be stored "
+            "are recorded as refused and listed. Progress goes to standard error, the summary to "
+            "standard output. Works while `hub serve` runs."
+        ),
+    )
+    mbox.add_argument("file", type=Path, help="the mbox file")
+    mbox.add_argument("--channel", required=True, help="name of the configured channel to import into")
     return parser
 
 
@@ -167,9 +352,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "agent":
             password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
             asyncio.run(_agent_add(cfg, args.email, args.name, Role(args.role), password))
+        elif args.command == "import":
+            asyncio.run(run_import(cfg, args.channel, args.file, args.import_format))
     except UserError as exc:
         print(f"hub: {exc.detail or exc.error}", file=sys.stderr)
         return 2
+    except MissingFile as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0
