@@ -1,4 +1,5 @@
-"""``python -m bench [ingest] [webchat] [route] [options]``: run the benchmarks, one JSON line per figure."""
+"""``python -m bench [ingest] [webchat] [route] [email] [options]``: run the benchmarks, one JSON line
+per figure."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import argparse
 import asyncio
 import sys
 
-from bench import ingest, route, webchat
+from bench import email, ingest, route, webchat
 from bench.common import emit, progress
 
-BENCHMARKS = ("ingest", "webchat", "route")
+BENCHMARKS = ("ingest", "webchat", "route", "email")
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 # (full run, --quick): the full run follows the issue's targets and stays under about two minutes.
@@ -25,6 +26,8 @@ SIZES = {
     "queues": (200, 20),
     "skills": (50, 10),
     "arrivals": (200, 20),
+    "email_samples": (100, 10),
+    "email_backlog": (10_000, 1_000),
 }
 
 
@@ -40,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
             "webchat: {bench: websocket_echo, ...} then {bench: webchat_to_agent, visitors, rate, "
             "p50_ms, p90_ms, p99_ms, max_ms, lost, ...}; route: {bench: route, db, agents, queued, "
             "queues, skills, p50_ms, p99_ms, assignments_per_s, ...} then {bench: route_arrival, db, "
-            "p50_ms, p99_ms, ...} per database. See bench/ingest.py, bench/webchat.py and bench/route.py "
+            "p50_ms, p99_ms, ...} per database; email: {bench: email_push, server, samples, p50_ms, "
+            "p99_ms, ...} per IMAP server (dovecot, pymap) then {bench: email_catchup, server, messages, "
+            "per_s, seconds}. See bench/ingest.py, bench/webchat.py, bench/route.py and bench/email.py "
             "for what each figure measures."
         ),
     )
@@ -88,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--skills", type=int, help="skill names (default 50; quick 10)")
     routing.add_argument(
         "--arrivals", type=int, help="new conversations timed one by one (default 200; quick 20)"
+    )
+    mail = parser.add_argument_group("email (Dovecot and pymap; skipped with a reason without Dovecot)")
+    mail.add_argument(
+        "--email-samples", type=int, help="mails timed one by one per IMAP server (default 100; quick 10)"
+    )
+    mail.add_argument(
+        "--email-backlog",
+        type=int,
+        help="mails appended while the hub is down, then drained (default 10000; quick 1000)",
     )
     return parser
 
@@ -159,6 +173,16 @@ async def run(args: argparse.Namespace) -> int:
             failed += 1
             progress(f"route failed: {exc!r}")
             emit({"bench": "route", "error": repr(exc)})
+    if "email" in chosen:
+        opts_email = email.EmailOptions(
+            samples=int(sized(args, "email_samples")), backlog=int(sized(args, "email_backlog"))
+        )
+        try:
+            await email.run(opts_email)
+        except Exception as exc:
+            failed += 1
+            progress(f"email failed: {exc!r}")
+            emit({"bench": "email", "error": repr(exc)})
     return 1 if failed else 0
 
 

@@ -29,6 +29,8 @@ KEYS = {
     },
     "route": {"bench", "db", "agents", "queued", "queues", "skills", "p50_ms", "p99_ms", "assignments_per_s"},
     "route_arrival": {"bench", "db", "arrivals", "assigned", "p50_ms", "p99_ms"},
+    "email_push": {"bench", "server", "samples", "p50_ms", "p99_ms"},
+    "email_catchup": {"bench", "server", "messages", "stored", "per_s", "seconds"},
 }
 
 
@@ -49,19 +51,24 @@ def quick_run(benchmark: str) -> list[dict[str, object]]:
         ("ingest", {"ingest"}),
         ("webchat", {"websocket_echo", "webchat_to_agent"}),
         ("route", {"route", "route_arrival"}),
+        ("email", {"email_push", "email_catchup"}),
     ],
 )
 def test_quick_run_prints_one_json_line_per_figure(benchmark: str, figures: set[str]) -> None:
     lines = quick_run(benchmark)
     assert {line["bench"] for line in lines} == figures
     for line in lines:
-        if "skipped" in line:  # PostgreSQL unreachable: said why, measured nothing
-            assert line["db"] == "postgresql" and line["skipped"]
+        if "skipped" in line:  # PostgreSQL or Dovecot unavailable: said why, measured nothing
+            assert line["skipped"] and (line.get("db") == "postgresql" or line.get("server") == "dovecot")
             continue
         assert KEYS[str(line["bench"])] <= line.keys(), line
     if benchmark == "ingest":
         sqlite = [line for line in lines if line["db"] == "sqlite"]
         assert len(sqlite) == 1 and sqlite[0]["stored"] == sqlite[0]["messages"]
+    if benchmark == "email":  # every backlog mail was stored
+        for line in lines:
+            if line["bench"] == "email_catchup" and "skipped" not in line:
+                assert line["stored"] == line["messages"], line
     if benchmark == "route":  # the router really drained the backlog and took the arrivals
         for line in lines:
             if "skipped" not in line:
