@@ -92,6 +92,7 @@ class Hub:
                 lease=config.outbox_lease,
                 poll_interval=config.outbox_poll_interval,
             ),
+            read_attachment=self.attachments.get,
         )
         if config.routing_file is not None:
             try:

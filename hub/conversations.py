@@ -8,7 +8,12 @@ will be sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import base64
+import binascii
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
@@ -16,16 +21,23 @@ from typing import Any, cast
 from sqlalchemy import func, select, update
 
 from hub.access import Principal, may_see_conversation
+from hub.attachments import AttachmentStore
 from hub.errors import UserError
 from hub.events import EventBus, EventRecord, EventType, append_events, new_event
-from hub.model import ConversationStatus, Direction, MessageStatus, utcnow
+from hub.model import Attachment, ConversationStatus, Direction, MessageStatus, utcnow
 from hub.outbox import OutboxStatus, enqueue
 from hub.timeline import ID_RANGE, message_json, not_found
 from hub.types import Assignments
 from storage.engine import Database
-from storage.models import Agent, Conversation, Message, OutboxRow
+from storage.models import Agent, AttachmentRow, Conversation, Message, OutboxRow
 
 PRIORITIES = {0: "none", 1: "low", 2: "medium", 3: "high", 4: "urgent"}
+MAX_REPLY_ATTACHMENTS = 10
+MAX_FILENAME_CHARS = 200
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+# RFC 6838 section 4.2 restricted names: ``type/subtype``, no parameters (they would travel into the
+# Content-Type header the download and the channel send).
+CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 
 
 def clean_text(text: Any, max_chars: int) -> str:
@@ -38,6 +50,83 @@ def clean_text(text: Any, max_chars: int) -> str:
             "text_too_long", f"text is {len(text)} characters; the limit is {max_chars}", status=413
         )
     return text
+
+
+def clean_filename(name: str) -> str:
+    """A file name safe to store, send and offer for download: the last path component, without
+    control or format characters, at most ``MAX_FILENAME_CHARS`` long with its extension kept."""
+    name = re.split(r"[/\\]", name)[-1]
+    name = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp"))
+    name = name.strip().strip(".").strip()
+    if not name:
+        return "attachment"
+    if len(name) > MAX_FILENAME_CHARS:
+        stem, dot, ext = name.rpartition(".")
+        if dot and stem and 0 < len(ext) <= 20:
+            name = stem[: MAX_FILENAME_CHARS - len(ext) - 1].rstrip() + "." + ext
+        else:
+            name = name[:MAX_FILENAME_CHARS]
+    return name
+
+
+def clean_attachments(raw: Any, max_bytes: int) -> tuple[Attachment, ...]:
+    """Decode a reply's ``attachments`` field (``[{filename, content_type, data: base64}]``).
+
+    Shape errors are 422; a file over ``max_bytes`` is 413, told before its base64 is decoded."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise UserError(
+            "invalid_attachments",
+            "attachments must be a list of {filename, content_type, data} objects",
+            status=422,
+        )
+    if len(raw) > MAX_REPLY_ATTACHMENTS:
+        raise UserError(
+            "too_many_attachments",
+            f"{len(raw)} attachments; a reply carries at most {MAX_REPLY_ATTACHMENTS}",
+            status=422,
+        )
+    # The longest base64 text a file within the limit can have (4 characters per 3 bytes).
+    max_encoded = 4 * -(-max_bytes // 3)
+    cleaned = []
+    for n, item in enumerate(raw, 1):
+        unknown = set(item) - {"filename", "content_type", "data"}
+        if unknown:
+            raise UserError(
+                "invalid_attachment", f"attachment {n}: unknown field {', '.join(sorted(unknown))}", 422
+            )
+        filename, content_type, data = item.get("filename"), item.get("content_type"), item.get("data")
+        if not isinstance(filename, str):
+            raise UserError("invalid_attachment", f"attachment {n}: filename must be a string", 422)
+        name = clean_filename(filename)
+        if content_type is None:
+            content_type = DEFAULT_CONTENT_TYPE
+        if not isinstance(content_type, str) or not CONTENT_TYPE.fullmatch(content_type.lower()):
+            raise UserError(
+                "invalid_content_type",
+                f"attachment {name!r}: content_type must look like type/subtype, e.g. application/pdf",
+                422,
+            )
+        if not isinstance(data, str):
+            raise UserError("invalid_attachment", f"attachment {name!r}: data must be a base64 string", 422)
+        if len(data) > max_encoded:
+            raise UserError(
+                "attachment_too_large",
+                f"attachment {name!r} is over {max_bytes} bytes (limits.max_attachment_bytes)",
+                413,
+            )
+        try:
+            # Padded, without line breaks (RFC 4648 section 3); Python alone would allow extra "=".
+            if len(data) % 4:
+                raise binascii.Error("length not a multiple of 4")
+            decoded = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise UserError(
+                "invalid_base64", f"attachment {name!r}: data is not valid base64 (RFC 4648)", 422
+            ) from None
+        cleaned.append(Attachment(name, content_type.lower(), decoded))
+    return tuple(cleaned)
 
 
 class Conversations:
@@ -85,8 +174,36 @@ class Conversations:
             raise not_found("conversation", conversation_id)
         return conv
 
-    async def reply(self, who: Principal, conversation_id: int, text: Any) -> dict[str, Any]:
-        text = clean_text(text, self.max_chars)
+    async def reply(
+        self,
+        who: Principal,
+        conversation_id: int,
+        text: Any,
+        attachments: Sequence[Attachment] = (),
+        *,
+        store: AttachmentStore | None = None,
+    ) -> dict[str, Any]:
+        """Store a reply (with its files) and its outbox row in one transaction, then wake the
+        dispatcher. With attachments the text may be empty; ``store`` keeps their bytes."""
+        if attachments and (text is None or (isinstance(text, str) and not text.strip())):
+            text = ""
+        else:
+            text = clean_text(text, self.max_chars)
+        if len(attachments) > MAX_REPLY_ATTACHMENTS:
+            raise UserError(
+                "too_many_attachments", f"a reply carries at most {MAX_REPLY_ATTACHMENTS} attachments", 422
+            )
+        if attachments and store is None:
+            raise ValueError("a reply with attachments needs the attachment store")
+        shas: list[str] = []
+        if store is not None:
+            for attachment in attachments:
+                try:
+                    store.check(attachment)
+                except ValueError as exc:
+                    raise UserError("attachment_too_large", str(exc), status=413) from None
+            # Files first, rows in the transaction: a crash leaves an orphan file, never a dangling row.
+            shas = [await asyncio.to_thread(store.put, a.data) for a in attachments]
         now = utcnow()
         async with self.db.write() as s:
             conv = await self._load(s, who, conversation_id, lock=True)
@@ -101,6 +218,17 @@ class Conversations:
             conv.updated_at = now
             conv.last_message_at = now
             await s.flush()
+            rows = [
+                AttachmentRow(
+                    message_id=message.id,
+                    filename=a.filename,
+                    content_type=a.content_type,
+                    size=len(a.data),
+                    sha256=sha,
+                )
+                for a, sha in zip(attachments, shas, strict=True)
+            ]
+            s.add_all(rows)
             await enqueue(s, message.id, conv.channel, now)
             pending.append(
                 new_event(
@@ -118,7 +246,7 @@ class Conversations:
             events = await append_events(s, pending)
         self.bus.publish(events)
         self.wake_outbox()
-        return {"message": message_json(message)}
+        return {"message": message_json(message, rows)}
 
     async def note(self, who: Principal, conversation_id: int, text: Any) -> dict[str, Any]:
         text = clean_text(text, self.max_chars)

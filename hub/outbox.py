@@ -29,9 +29,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.errors import PermanentError, TransientError
 from hub.events import EventBus, EventRecord, EventType, append_events, new_event
-from hub.model import Direction, MessageStatus, OutboundMessage, SendResult, ThreadHints, utcnow
+from hub.model import (
+    Attachment,
+    Direction,
+    MessageStatus,
+    OutboundMessage,
+    SendResult,
+    ThreadHints,
+    utcnow,
+)
 from storage.engine import Database
-from storage.models import Conversation, Message, OutboxRow
+from storage.models import AttachmentRow, Conversation, Message, OutboxRow
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +114,15 @@ class Dispatcher:
         channels: Callable[[], Mapping[str, Sender]],
         settings: OutboxSettings | None = None,
         worker_id: str | None = None,
+        read_attachment: Callable[[str], bytes] | None = None,
     ) -> None:
+        """``read_attachment`` returns a stored file's bytes by its sha256; without it replies go
+        out without their attachments."""
         self.db = db
         self.bus = bus
         self.channels = channels
         self.settings = settings or OutboxSettings()
+        self.read_attachment = read_attachment
         self.worker_id = worker_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -231,6 +243,20 @@ class Dispatcher:
                     .order_by(Message.id)
                 )
             ).all()
+            files = (
+                list(
+                    (
+                        await s.execute(
+                            select(AttachmentRow)
+                            .where(AttachmentRow.message_id == message.id)
+                            .order_by(AttachmentRow.id)
+                        )
+                    ).scalars()
+                )
+                if self.read_attachment is not None
+                else []
+            )
+        attachments = [await self._attachment(row) for row in files]
         ids = [r.external_id for r in thread]
         replied = [r.external_id for r in thread if r.direction == Direction.IN.value]
         return OutboundMessage(
@@ -242,6 +268,7 @@ class Dispatcher:
             html=message.html,
             author_name=message.author_name,
             created_at=message.created_at,
+            attachments=tuple(attachments),
             thread=ThreadHints(
                 subject=subject,
                 in_reply_to=replied[-1] if replied else None,
@@ -250,6 +277,17 @@ class Dispatcher:
                 reply_tag=f"c{message.conversation_id}",
             ),
         )
+
+    async def _attachment(self, row: AttachmentRow) -> Attachment:
+        """The stored file of a reply's attachment; one that is gone can never be sent."""
+        assert self.read_attachment is not None
+        try:
+            data = await asyncio.to_thread(self.read_attachment, row.sha256)
+        except FileNotFoundError:
+            raise PermanentError(
+                f"attachment {row.filename!r} (sha256 {row.sha256}) is missing from the attachment store"
+            ) from None
+        return Attachment(row.filename, row.content_type, data)
 
     async def _deliver(self, job: _Job) -> None:
         attempts = job.attempts

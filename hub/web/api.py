@@ -8,6 +8,7 @@ from aiohttp import web
 
 from hub.access import Principal
 from hub.auth import generate_password
+from hub.conversations import MAX_FILENAME_CHARS, MAX_REPLY_ATTACHMENTS, clean_attachments
 from hub.errors import UserError
 from hub.model import Role
 from hub.timeline import ID_RANGE
@@ -163,10 +164,28 @@ async def patch_conversation(request: web.Request) -> web.Response:
     return web.json_response({"conversation": summary})
 
 
+def reply_max_bytes(max_attachment_bytes: int, max_message_chars: int) -> int:
+    """The largest reply body: its most attachments, each of the largest size (base64: 4 characters
+    per 3 bytes) and filename, and its longest text, every character JSON-escaped (outside the BMP
+    ``\\uXXXX\\uXXXX``, 12 bytes); never under the app's 1 MiB. aiohttp answers 413 beyond it."""
+    per_file = 4 * -(-max_attachment_bytes // 3) + 12 * MAX_FILENAME_CHARS + 512
+    return max(1024 * 1024, MAX_REPLY_ATTACHMENTS * per_file + 12 * max_message_chars + 4096)
+
+
 async def post_message(request: web.Request) -> web.Response:
     who = await principal(request)
+    conversation_id = path_id(request)
+    hub = request.app[HUB]
+    # Only this route, and only once the agent is known, may send a body beyond the app's 1 MiB:
+    # an anonymous client cannot make the hub buffer hundreds of megabytes.
+    request = request.clone(
+        client_max_size=reply_max_bytes(hub.config.max_attachment_bytes, hub.config.max_message_chars)
+    )
     body = await json_body(request)
-    result = await request.app[HUB].conversations.reply(who, path_id(request), body.get("text"))
+    attachments = clean_attachments(body.get("attachments"), hub.config.max_attachment_bytes)
+    result = await hub.conversations.reply(
+        who, conversation_id, body.get("text"), attachments, store=hub.attachments
+    )
     return web.json_response(result, status=202)
 
 

@@ -69,6 +69,41 @@ def build_openapi() -> dict[str, Any]:
         "required": ["text"],
         "properties": {"text": {"type": "string", "minLength": 1}},
     }
+    reply_body = {
+        "type": "object",
+        "description": "text, or at least one attachment, or both",
+        "properties": {
+            "text": {"type": "string", "description": "May be empty when attachments are given"},
+            "attachments": {
+                "type": "array",
+                "maxItems": 10,
+                "items": {
+                    "type": "object",
+                    "required": ["filename", "data"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "filename": {
+                            "type": "string",
+                            "description": "Reduced to its last path component without control "
+                            "characters, at most 200 characters",
+                        },
+                        "content_type": {
+                            "type": "string",
+                            "pattern": "^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$",
+                            "default": "application/octet-stream",
+                        },
+                        "data": {
+                            "type": "string",
+                            "contentEncoding": "base64",
+                            "description": "The file's bytes, base64 (RFC 4648); at most "
+                            "limits.max_attachment_bytes decoded (413 beyond)",
+                        },
+                    },
+                },
+            },
+        },
+        "anyOf": [{"required": ["text"]}, {"required": ["attachments"]}],
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -227,12 +262,12 @@ def build_openapi() -> dict[str, Any]:
             "/api/conversations/{id}/messages": {
                 "parameters": [ID_PATH],
                 "post": _op(
-                    "Reply on the conversation's channel; queued in the durable outbox",
+                    "Reply on the conversation's channel, with attachments; queued in the durable outbox",
                     {
                         "202": _json({"type": "object", "properties": {"message": REF["Message"]}}),
-                        **_errors(400, 401, 404, 413),
+                        **_errors(400, 401, 404, 413, 415, 422),
                     },
-                    body=text_body,
+                    body=reply_body,
                 ),
             },
             "/api/conversations/{id}/notes": {
