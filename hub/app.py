@@ -29,6 +29,7 @@ from hub.conversations import Conversations
 from hub.cursors import Cursors
 from hub.events import EventBus, EventType, new_event, record_events
 from hub.ingest import Ingest, IngestSettings
+from hub.lifecycle import stop_loop
 from hub.model import EventRecord, InboundMessage, IngestResult, MessageStatus, Role, TimelineEntry
 from hub.outbox import Dispatcher, OutboxSettings
 from hub.reports import ChannelReports
@@ -108,6 +109,7 @@ class Hub:
             self.db, self.queues.current, routing_settings.costs, routing_settings.heartbeat_timeout_seconds
         )
         self._supervision_feed: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         # Supervisors with an open live socket in this process: the feed works only for them.
         self.supervisors_watching = 0
         self.conversations = Conversations(
@@ -149,7 +151,10 @@ class Hub:
     async def supervision_feed(self) -> None:
         """Queue and agent reports pushed to supervisors' live sockets (about once a second)."""
         await self.supervision.run(
-            self.bus.publish, interval=1.0, watched=lambda: self.supervisors_watching > 0
+            self.bus.publish,
+            interval=1.0,
+            watched=lambda: self.supervisors_watching > 0,
+            stopping=self._stopping,
         )
 
     async def _wake_router_on_arrivals(self) -> None:
@@ -166,11 +171,12 @@ class Hub:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for task in (self._router_triggers, self._supervision_feed):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        self._stopping.set()
+        await stop_loop(self._supervision_feed, grace=5.0, name="supervision feed")
+        if self._router_triggers is not None:  # waits on the bus only: no database work to cut
+            self._router_triggers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._router_triggers
         await self.router.stop()
         await self.dispatcher.stop()
         for channel in self.channels.values():

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.errors import PermanentError, TransientError
 from hub.events import EventBus, EventRecord, EventType, append_events, new_event
+from hub.lifecycle import stop_loop
 from hub.model import (
     Attachment,
     Direction,
@@ -126,22 +127,25 @@ class Dispatcher:
         self.worker_id = worker_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name="outbox")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def stop(self, grace: float = 10.0) -> None:
+        """End the loop after the pass in hand (see ``hub.lifecycle``); a send cut off by the grace
+        period is retried after its lease, by this process or another."""
+        self._stopping = True
+        self._wake.set()
+        await stop_loop(self._task, grace=grace, name="outbox dispatcher")
+        self._task = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             # Cleared before the pass, not after it: a wake-up that arrives during the pass (a reply
             # committed after the claim query looked) must cut the next wait short, not be lost.
             self._wake.clear()

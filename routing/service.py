@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from hub.lifecycle import stop_loop
 from hub.model import Direction, EventRecord, EventType, Refused, new_event, utcnow
 from routing import claim, presence
 from routing.config import RoutingSettings
@@ -102,6 +103,7 @@ class Router:
         self.publish = publish
         self.clock = clock
         self._wakeup = asyncio.Event()
+        self._stopping = False
         self._dirty: set[str] | None = set()
         self._task: asyncio.Task[None] | None = None
         self._connections: Counter[int] = Counter()
@@ -116,14 +118,15 @@ class Router:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.get_running_loop().create_task(self._run(), name="router")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def stop(self, grace: float = 10.0) -> None:
+        """End the loop after the round in hand (see ``hub.lifecycle``), then the background writes."""
+        self._stopping = True
+        self._wakeup.set()
+        await stop_loop(self._task, grace=grace, name="router")
+        self._task = None
         # Writes still running: let them finish before the engine goes.
         while running := [task for task in self._background if not task.done()]:
             await asyncio.gather(*running, return_exceptions=True)
@@ -138,9 +141,11 @@ class Router:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self.settings.sweep_seconds)
+            if self._stopping:
+                return
             woken = self._wakeup.is_set()
             self._wakeup.clear()
             only, self._dirty = (self._dirty if woken else None), set()

@@ -25,6 +25,7 @@ by themselves: the live view ages them from the timestamps it was given.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -692,19 +693,27 @@ class Supervision:
         publish: Callable[[list[EventRecord]], None],
         interval: float = 1.0,
         watched: Callable[[], bool] = lambda: True,
+        stopping: asyncio.Event | None = None,
     ) -> None:
-        """Forever: push ``queues.updated`` / ``agents.updated`` (live-only, never stored) whenever
-        the report changed beyond the clock's own ticking — while ``watched()`` says someone looks;
-        otherwise nothing is computed, and the next watcher gets fresh reports at once."""
+        """Until ``stopping`` is set (checked between reports, see ``hub.lifecycle``): push
+        ``queues.updated`` / ``agents.updated`` (live-only, never stored) whenever the report
+        changed beyond the clock's own ticking — while ``watched()`` says someone looks; otherwise
+        nothing is computed, and the next watcher gets fresh reports at once."""
         last: dict[str, Any] = {}
         reports: tuple[tuple[str, Callable[[], Awaitable[dict[str, Any]]]], ...] = (
             ("queues.updated", self.queues),
             ("agents.updated", self.agents),
         )
-        while True:
+        stopping = stopping or asyncio.Event()
+
+        async def rest(seconds: float) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), seconds)
+
+        while not stopping.is_set():
             if not watched():
                 last.clear()
-                await asyncio.sleep(interval)
+                await rest(interval)
                 continue
             started = time.monotonic()
             for kind, compute in reports:
@@ -719,4 +728,4 @@ class Supervision:
                     publish([EventRecord(type=kind, at=self.clock(), data=payload)])
             # On a large floor a round is not free (thousands of agents and their conversations):
             # rest at least twice as long as it took, so the live view never takes over the process.
-            await asyncio.sleep(max(interval, 2 * (time.monotonic() - started)))
+            await rest(max(interval, 2 * (time.monotonic() - started)))
