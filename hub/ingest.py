@@ -22,10 +22,10 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import nh3
-from sqlalchemy import select, text
+from sqlalchemy import Select, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -485,10 +485,23 @@ def _load_conversations(session: Session, ids: set[int]) -> dict[int, _Conv]:
         wanted -= found.keys()
         if not wanted:
             break
-        for row in session.connection().execute(select(*_CONV_COLUMNS).where(Conversation.id.in_(wanted))):
+        query = select(*_CONV_COLUMNS).where(Conversation.id.in_(wanted)).order_by(Conversation.id)
+        for row in session.connection().execute(_locked(session, query)):
             found[row.id] = _conv_from(row)
         wanted = {c.merged_into_id for c in found.values() if c.merged_into_id is not None}
     return found
+
+
+_Query = TypeVar("_Query", bound="Select[*tuple[Any, ...]]")
+
+
+def _locked(session: Session, query: _Query) -> _Query:
+    """On PostgreSQL, lock the conversations a batch may write to: a merge committed meanwhile is
+    then seen (the row is read again after the lock) and its messages follow it, instead of landing
+    in the conversation it emptied. SQLite's single writer already serialises both."""
+    if session.get_bind().dialect.name == "postgresql":
+        return query.with_for_update(of=Conversation)
+    return query
 
 
 def _follow(conv: _Conv | None, known: dict[int, _Conv]) -> _Conv | None:
@@ -548,16 +561,19 @@ def _resolve_conversations(
     recent: dict[tuple[int, str], list[_Conv]] = {}
     horizon = now - max(settings.reopen_within, settings.subject_window)
     rows = session.connection().execute(
-        select(*_CONV_COLUMNS)
-        .where(Conversation.contact_id.in_(set(contact_of)))
-        .where(Conversation.channel.in_({p.msg.channel for p in items}))
-        .where(Conversation.merged_into_id.is_(None))
-        .where(
-            (Conversation.status != ConversationStatus.RESOLVED.value)
-            | (Conversation.last_message_at >= horizon)
-            | (Conversation.resolved_at >= now - settings.reopen_within)
+        _locked(
+            session,
+            select(*_CONV_COLUMNS)
+            .where(Conversation.contact_id.in_(set(contact_of)))
+            .where(Conversation.channel.in_({p.msg.channel for p in items}))
+            .where(Conversation.merged_into_id.is_(None))
+            .where(
+                (Conversation.status != ConversationStatus.RESOLVED.value)
+                | (Conversation.last_message_at >= horizon)
+                | (Conversation.resolved_at >= now - settings.reopen_within)
+            )
+            .order_by(Conversation.id),
         )
-        .order_by(Conversation.id)
     )
     for row in rows:
         seen = known.setdefault(row.id, _conv_from(row))

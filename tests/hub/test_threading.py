@@ -218,3 +218,33 @@ async def test_chat_still_joins_the_open_conversation(hub: Hub) -> None:
     second = await hub.ingest(chat(2))
     assert second.conversation_id == first.conversation_id
     assert await rule_of(hub, second.message_id) == "open_conversation"
+
+
+async def test_a_reply_arriving_during_a_merge_follows_the_merge(hub: Hub) -> None:
+    """The merge's transaction is open (rows moved, source pointing at its target) when a reply to
+    the source arrives: ingest waits for it and threads into the target, never the emptied source."""
+    a = await hub.ingest(mail("jo@example.com", "<j1@x>", "Parcel"))
+    b = await hub.ingest(mail("jo@example.com", "<j2@x>", "Tracking"))
+    async with hub.db.write() as s:
+        await s.execute(
+            update(Message)
+            .where(Message.conversation_id == b.conversation_id)
+            .values(conversation_id=a.conversation_id)
+        )
+        await s.execute(
+            update(Conversation)
+            .where(Conversation.id == b.conversation_id)
+            .values(
+                merged_into_id=a.conversation_id,
+                status=ConversationStatus.RESOLVED.value,
+                resolved_at=utcnow(),
+            )
+        )
+        reply = asyncio.ensure_future(
+            hub.ingest(mail("jo@example.com", "<j3@x>", "Re: Tracking", in_reply_to="<j2@x>"))
+        )
+        await asyncio.sleep(0.3)
+        assert not reply.done()  # waiting for the merge to commit
+    result = await reply
+    assert result.conversation_id == a.conversation_id
+    assert await status_of(hub, b.conversation_id) == ConversationStatus.RESOLVED.value
