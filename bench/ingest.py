@@ -5,6 +5,10 @@ await one message at a time, so about that many are in flight — what many chan
 A share of the messages comes from new contacts (contact, identity, conversation and two events are
 created); the rest from contacts seen before (the message threads into their open conversation).
 
+The hub runs with its router off for ``per_s``: the figure is ingest's. ``routed_per_s`` is a second
+run of the same load with the router on and no agent online, so the router plans, and records a
+decision for, every new conversation while ingest runs — the cost routing adds today.
+
 L (``limit_per_s``): see ``bench.limit``.
 """
 
@@ -89,7 +93,11 @@ class Limit:
     chunks: list[Chunk]
 
 
-def figure(db: str, workload: Workload, opts: IngestOptions, run: HubRun, limit: Limit) -> dict[str, Any]:
+def figure(
+    db: str, workload: Workload, opts: IngestOptions, run: HubRun, limit: Limit, routed: HubRun
+) -> dict[str, Any]:
+    """``per_s`` is ingest alone (the router off); ``routed_per_s`` the same load with the router
+    on and no agent online, so that it plans (and records a decision for) every new conversation."""
     per_s = run.done / run.seconds if run.seconds else 0.0
     limit_per_s = workload.messages / limit.seconds if limit.seconds else 0.0
     return {
@@ -99,6 +107,7 @@ def figure(db: str, workload: Workload, opts: IngestOptions, run: HubRun, limit:
         "per_s": rounded(per_s, 1),
         "limit_per_s": rounded(limit_per_s, 1),
         "ratio": rounded(per_s / limit_per_s if limit_per_s else 0.0),
+        "routed_per_s": rounded(routed.done / routed.seconds if routed.seconds else 0.0, 1),
         "seconds": rounded(run.seconds),
         "concurrency": opts.concurrency,
         "contacts": len(set(workload.senders[: run.done])),
@@ -125,11 +134,16 @@ async def bench_sqlite(opts: IngestOptions, workload: Workload, tmp: Path) -> di
     progress("ingest/sqlite: the sqlite3 limit")
     before = await limit(1)
     progress(f"ingest/sqlite: {workload.messages} messages, {opts.concurrency} in flight")
-    run = await run_hub(HubConfig(data_dir=tmp / "hub-sqlite"), workload, opts.concurrency, opts.max_seconds)
-    progress(f"ingest/sqlite: {run.done / run.seconds:,.0f} msg/s; the sqlite3 limit again")
+    config = HubConfig(data_dir=tmp / "hub-sqlite", routing_enabled=False)
+    run = await run_hub(config, workload, opts.concurrency, opts.max_seconds)
+    progress(f"ingest/sqlite: {run.done / run.seconds:,.0f} msg/s; again with the router on")
+    routed = await run_hub(
+        HubConfig(data_dir=tmp / "hub-sqlite-routed"), workload, opts.concurrency, opts.max_seconds
+    )
+    progress(f"ingest/sqlite: {routed.done / routed.seconds:,.0f} msg/s routed; the sqlite3 limit again")
     after = await limit(2)
     method = f"sqlite3 executemany, {LIMIT_BATCH} messages per transaction, best of 2"
-    return figure("sqlite", workload, opts, run, Limit(min(before, after), method, chunks))
+    return figure("sqlite", workload, opts, run, Limit(min(before, after), method, chunks), routed)
 
 
 def redacted(url: str) -> str:
@@ -178,14 +192,20 @@ async def bench_postgres(opts: IngestOptions, workload: Workload, tmp: Path) -> 
         progress("ingest/postgresql: the asyncpg limit")
         before = await limit()
         progress(f"ingest/postgresql: {workload.messages} messages, {opts.concurrency} in flight")
-        config = HubConfig(data_dir=tmp / "hub-postgresql", database_url=hub_url)
+        config = HubConfig(data_dir=tmp / "hub-postgresql", database_url=hub_url, routing_enabled=False)
         run = await run_hub(config, workload, opts.concurrency, opts.max_seconds)
-        progress(f"ingest/postgresql: {run.done / run.seconds:,.0f} msg/s; the asyncpg limit again")
+        progress(f"ingest/postgresql: {run.done / run.seconds:,.0f} msg/s; again with the router on")
+        await fresh(names[0])
+        routed_config = HubConfig(data_dir=tmp / "hub-postgresql-routed", database_url=hub_url)
+        routed = await run_hub(routed_config, workload, opts.concurrency, opts.max_seconds)
+        progress(
+            f"ingest/postgresql: {routed.done / routed.seconds:,.0f} msg/s routed; the asyncpg limit again"
+        )
         after = await limit()
         method = (
             f"asyncpg copy (+ executemany for updates), {LIMIT_BATCH} messages per transaction, best of 2"
         )
-        return figure("postgresql", workload, opts, run, Limit(min(before, after), method, chunks))
+        return figure("postgresql", workload, opts, run, Limit(min(before, after), method, chunks), routed)
     finally:
         for name in names:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 KEYS = {
-    "ingest": {"bench", "db", "messages", "per_s", "limit_per_s", "ratio", "stored"},
+    "ingest": {"bench", "db", "messages", "per_s", "limit_per_s", "ratio", "routed_per_s", "stored"},
     "websocket_echo": {"bench", "visitors", "rate", "p50_ms", "p99_ms", "lost", "achieved_rate"},
     "webchat_to_agent": {
         "bench",
