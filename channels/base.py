@@ -65,6 +65,9 @@ class BaseChannel(abc.ABC):
     async def send_typing(self, recipient: str) -> None:  # noqa: B027 - optional hook
         """Show the customer that an agent is typing, where the channel can; silently nothing otherwise."""
 
+    # Whether ``send`` delivers ``OutboundMessage.attachments``; replies with files to a channel
+    # that cannot are refused up front rather than sent without them.
+    sends_attachments: ClassVar[bool] = False
     # HELP text of each metric family :meth:`metrics` reports.
     metric_help: ClassVar[dict[str, str]] = {}
 

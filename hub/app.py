@@ -118,6 +118,7 @@ class Hub:
             self.dispatcher.wake,
             max_chars=config.max_message_chars,
             assignments=self.router,
+            sends_attachments=self._sends_attachments,
         )
         secret = server_secret(config.data_dir)
         for spec in config.channels:
@@ -187,6 +188,10 @@ class Hub:
         await self.ingester.close()
         self.bus.close()
         await self.db.dispose()
+
+    def _sends_attachments(self, channel: str) -> bool:
+        target = self.channels.get(channel)
+        return target is not None and bool(getattr(target, "sends_attachments", False))
 
     # -- ChannelHost ------------------------------------------------------------------------
 

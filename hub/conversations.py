@@ -137,12 +137,15 @@ class Conversations:
         wake_outbox: Callable[[], None],
         max_chars: int,
         assignments: Assignments,
+        sends_attachments: Callable[[str], bool] = lambda channel: True,
     ) -> None:
+        """``sends_attachments(channel)`` says whether that channel can deliver a reply's files."""
         self.db = db
         self.bus = bus
         self.wake_outbox = wake_outbox
         self.max_chars = max_chars
         self.assignments = assignments
+        self.sends_attachments = sends_attachments
 
     async def _assign(
         self, s: Any, conv: Conversation, agent_id: int | None, who: Principal, now: datetime, reason: str
@@ -207,6 +210,12 @@ class Conversations:
         now = utcnow()
         async with self.db.write() as s:
             conv = await self._load(s, who, conversation_id, lock=True)
+            if attachments and not self.sends_attachments(conv.channel):
+                raise UserError(
+                    "attachments_unsupported",
+                    f"the {conv.channel} channel cannot send attachments; send the text alone",
+                    status=422,
+                )
             pending: list[EventRecord] = []
             if conv.assignee_id is None:
                 # Answering an unassigned conversation takes it, as in every shared inbox.

@@ -263,6 +263,7 @@ class _HostCursors:
 @register_channel
 class EmailChannel(BaseChannel):
     kind: ClassVar[str] = "email"
+    sends_attachments: ClassVar[bool] = True
     metric_help: ClassVar[dict[str, str]] = {
         "hub_email_audit_missing": "Messages on the IMAP server that the hub lacked at the last audit.",
         "hub_email_audit_checked": "Messages the mailbox's last count audit compared.",
