@@ -191,7 +191,7 @@ class Hub:
 
     def _sends_attachments(self, channel: str) -> bool:
         target = self.channels.get(channel)
-        return target is not None and bool(getattr(target, "sends_attachments", False))
+        return target is not None and target.sends_attachments
 
     # -- ChannelHost ------------------------------------------------------------------------
 

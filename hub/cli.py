@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -63,10 +62,10 @@ async def _serve(cfg: HubConfig) -> None:
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # Event loops without signal handlers (Windows) raise here; there Ctrl-C still stops the
-            # hub through KeyboardInterrupt, so going on without the handler is the intended path.
-            with contextlib.suppress(NotImplementedError):
+        # Windows event loops have no signal handlers; there Ctrl-C stops the hub through
+        # KeyboardInterrupt instead.
+        if sys.platform != "win32":
+            for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
         try:
             await stop.wait()

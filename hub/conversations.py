@@ -147,6 +147,39 @@ class Conversations:
         self.assignments = assignments
         self.sends_attachments = sends_attachments
 
+    async def _change_status(
+        self,
+        s: Any,
+        conv: Conversation,
+        status: str,
+        who: Principal,
+        now: datetime,
+        reason: str | None = None,
+    ) -> list[EventRecord]:
+        """Set the status and tell the claim path (which ends assignments and waits of a resolved
+        conversation, giving capacity back); returns the events to record."""
+        previous = conv.status
+        conv.status = status
+        conv.resolved_at = now if status == ConversationStatus.RESOLVED.value else None
+        detail: dict[str, Any] = {"reason": reason} if reason else {}
+        event = new_event(
+            EventType.CONVERSATION_STATUS_CHANGED,
+            at=now,
+            conversation_id=conv.id,
+            contact_id=conv.contact_id,
+            agent_id=who.id,
+            previous=previous,
+            status=status,
+            **detail,
+            assignee_id=conv.assignee_id,
+        )
+        await s.flush()
+        conv_id = conv.id
+        changed: list[EventRecord] = await s.run_sync(
+            lambda session: self.assignments.status_changed(session, conv_id, status, now=now)
+        )
+        return [event, *changed]
+
     async def _assign(
         self, s: Any, conv: Conversation, agent_id: int | None, who: Principal, now: datetime, reason: str
     ) -> list[EventRecord]:
@@ -322,25 +355,7 @@ class Conversations:
                         raise UserError("unknown_agent", f"no active agent {assignee}", status=422)
                 pending += await self._assign(s, conv, assignee, who, now, reason="manual")
             if "status" in changes and status != conv.status:
-                previous_status = conv.status
-                conv.status = str(status)
-                conv.resolved_at = now if status == ConversationStatus.RESOLVED.value else None
-                pending.append(
-                    new_event(
-                        EventType.CONVERSATION_STATUS_CHANGED,
-                        at=now,
-                        conversation_id=conv.id,
-                        contact_id=conv.contact_id,
-                        agent_id=who.id,
-                        previous=previous_status,
-                        status=status,
-                        assignee_id=conv.assignee_id,
-                    )
-                )
-                await s.flush()
-                pending += await s.run_sync(
-                    lambda session: self.assignments.status_changed(session, conv.id, str(status), now=now)
-                )
+                pending += await self._change_status(s, conv, str(status), who, now)
             if "priority" in changes and priority != conv.priority:
                 pending.append(
                     new_event(
@@ -513,34 +528,24 @@ class Conversations:
                 .execution_options(synchronize_session=False)
             )
             pending: list[EventRecord] = []
-            previous_status = source.status
             source.merged_into_id = target.id
             source.updated_at = now
-            if previous_status != ConversationStatus.RESOLVED.value:
-                source.status = ConversationStatus.RESOLVED.value
-                source.resolved_at = now
-                pending.append(
-                    new_event(
-                        EventType.CONVERSATION_STATUS_CHANGED,
-                        at=now,
-                        conversation_id=source.id,
-                        contact_id=source.contact_id,
-                        agent_id=who.id,
-                        previous=previous_status,
-                        status=ConversationStatus.RESOLVED.value,
-                        reason="merged",
-                        assignee_id=source.assignee_id,
-                    )
-                )
             target.last_message_at = max(target.last_message_at, source.last_message_at)
             target.updated_at = now
-            await s.flush()
-            source_id, target_id = source.id, target.id
-            pending += await s.run_sync(
-                lambda session: self.assignments.status_changed(
-                    session, source_id, ConversationStatus.RESOLVED.value, now=now
+            if source.status != ConversationStatus.RESOLVED.value:
+                pending += await self._change_status(
+                    s, source, ConversationStatus.RESOLVED.value, who, now, reason="merged"
                 )
-            )
+            else:
+                # Already resolved: the claim path still ends whatever routing state it holds.
+                await s.flush()
+                source_id = source.id
+                pending += await s.run_sync(
+                    lambda session: self.assignments.status_changed(
+                        session, source_id, ConversationStatus.RESOLVED.value, now=now
+                    )
+                )
+            target_id = target.id
             link = {"from": source.id, "into": target.id}
             for conv in (source, target):
                 pending.append(

@@ -224,7 +224,8 @@ class Dispatcher:
             conversations = {r.id: r.conversation_id for r in rows}
             return [_Job(i, m, ch, a, conversations[m]) for i, m, ch, a in claimed]
 
-    async def _outbound(self, job: _Job) -> OutboundMessage:
+    async def _outbound(self, job: _Job) -> tuple[OutboundMessage, str | None]:
+        """The message as the channel gets it, and the channel id it already holds (if any)."""
         async with self.db.read() as s:
             row = (
                 await s.execute(
@@ -263,7 +264,7 @@ class Dispatcher:
         attachments = [await self._attachment(row) for row in files]
         ids = [r.external_id for r in thread]
         replied = [r.external_id for r in thread if r.direction == Direction.IN.value]
-        return OutboundMessage(
+        outbound = OutboundMessage(
             message_id=message.id,
             conversation_id=message.conversation_id,
             channel=message.channel,
@@ -281,6 +282,7 @@ class Dispatcher:
                 reply_tag=f"c{message.conversation_id}",
             ),
         )
+        return outbound, message.external_id
 
     async def _attachment(self, row: AttachmentRow) -> Attachment:
         """The stored file of a reply's attachment; one that is gone can never be sent."""
@@ -303,11 +305,11 @@ class Dispatcher:
         try:
             if channel is None:
                 raise PermanentError(f"channel {job.channel!r} is not configured on this hub")
-            outbound = await self._outbound(job)
+            outbound, stored_id = await self._outbound(job)
             # Channels may choose the id of what they send (Channel.outbound_id); plain senders do not.
             choose_id = getattr(channel, "outbound_id", None)
             own_id = choose_id(outbound) if choose_id is not None else None
-            if own_id is not None:
+            if own_id is not None and own_id != stored_id:
                 # Stored before the first attempt: a retry, and the customer's answer, find it.
                 async with self.db.write() as s:
                     await self._keep_external_id(s, job.message_id, own_id)

@@ -167,7 +167,8 @@ async def patch_conversation(request: web.Request) -> web.Response:
 def reply_max_bytes(max_attachment_bytes: int, max_message_chars: int) -> int:
     """The largest reply body: its most attachments, each of the largest size (base64: 4 characters
     per 3 bytes) and filename, and its longest text, every character JSON-escaped (outside the BMP
-    ``\\uXXXX\\uXXXX``, 12 bytes); never under the app's 1 MiB. aiohttp answers 413 beyond it."""
+    two ``\\u`` escapes of four hex digits, 12 bytes); never under the app's 1 MiB. aiohttp answers
+    413 beyond it."""
     per_file = 4 * -(-max_attachment_bytes // 3) + 12 * MAX_FILENAME_CHARS + 512
     return max(1024 * 1024, MAX_REPLY_ATTACHMENTS * per_file + 12 * max_message_chars + 4096)
 
